@@ -1,0 +1,8 @@
+"""UniFormerV2 in JAX/Flax: the model, its presets and its weight converters."""
+
+from uniformerv2_jax.convert import from_clip, from_official, to_official, transfer_head
+from uniformerv2_jax.model import GlobalUniBlock, LocalMHRA, LocalUniBlock, UniFormerV2
+from uniformerv2_jax.presets import PRESETS, create_model
+
+__all__ = ["UniFormerV2", "LocalMHRA", "LocalUniBlock", "GlobalUniBlock", "PRESETS",
+           "create_model", "from_official", "from_clip", "to_official", "transfer_head"]

@@ -1,0 +1,163 @@
+"""CLIP vision weights -> a UniFormerV2 of any configuration.
+
+Formats: OpenAI's released TorchScript ``.pt``; plain state dicts with ``visual.`` keys
+(OpenAI, open_clip); the official UniFormerV2 repository's extracted vision tower (no
+prefix, no ``ln_post``/``proj``); Hugging Face ``CLIPVisionModel``/``CLIPModel`` weights
+(``vision_model.*``, separate q/k/v projections). All are first brought to OpenAI's
+vision-tower names, then loaded by the official rule: copy what matches, inflate
+``conv1`` into the centre temporal slice, keep the init of everything CLIP lacks. The
+position embedding is resized bicubically when the input size differs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from uniformerv2_jax.convert.io import read_state_dict
+from uniformerv2_jax.convert.mapping import abstract_variables, apply_rules, official_rules, stack_layers
+from uniformerv2_jax.model import UniFormerV2
+from uniformerv2_jax.presets import log_assumed_heads, model_from_official_kwargs
+
+# CLIP parts the video model does not use (documented skips).
+UNUSED_VISUAL = ("ln_post.weight", "ln_post.bias", "proj")
+
+_HF_RENAMES = [
+    (r"embeddings\.class_embedding", "class_embedding"),
+    (r"embeddings\.patch_embedding\.weight", "conv1.weight"),
+    (r"embeddings\.position_embedding\.weight", "positional_embedding"),
+    (r"pre_layrnorm\.", "ln_pre."),
+    (r"post_layernorm\.", "ln_post."),
+    (r"encoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"transformer.resblocks.\1.attn.out_proj."),
+    (r"encoder\.layers\.(\d+)\.layer_norm1\.", r"transformer.resblocks.\1.ln_1."),
+    (r"encoder\.layers\.(\d+)\.layer_norm2\.", r"transformer.resblocks.\1.ln_2."),
+    (r"encoder\.layers\.(\d+)\.mlp\.fc1\.", r"transformer.resblocks.\1.mlp.c_fc."),
+    (r"encoder\.layers\.(\d+)\.mlp\.fc2\.", r"transformer.resblocks.\1.mlp.c_proj."),
+]
+_HF_QKV = re.compile(r"encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)")
+
+
+def _from_hugging_face(state: dict[str, np.ndarray], source: str) -> dict[str, np.ndarray]:
+    """HF ``vision_model.*`` names -> OpenAI vision-tower names (q/k/v packed)."""
+    out, qkv = {}, {}
+    for key, value in state.items():
+        if key in ("embeddings.position_ids",):  # a buffer of indices, not a weight
+            continue
+        if m := _HF_QKV.fullmatch(key):
+            qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
+            continue
+        for pattern, replacement in _HF_RENAMES:
+            if re.match(pattern, key):
+                key = re.sub(pattern, replacement, key, count=1)
+                break
+        else:
+            raise ValueError(f"{source}: unexpected Hugging Face CLIP key vision_model.{key}")
+        out[key] = value
+    for (layer, kind), parts in qkv.items():
+        if sorted(parts) != ["k", "q", "v"]:
+            raise ValueError(f"{source}: layer {layer} lacks some of q_proj/k_proj/v_proj.{kind}")
+        out[f"transformer.resblocks.{layer}.attn.in_proj_{kind}"] = np.concatenate(
+            [parts["q"], parts["k"], parts["v"]], axis=0)
+    return out
+
+
+def clip_visual_state(state: dict[str, np.ndarray], source: str = "state dict") -> dict[str, np.ndarray]:
+    """Any supported CLIP state dict -> the vision tower in OpenAI names, without prefix."""
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    if any(k.startswith("vision_model.") for k in state):
+        visual = _from_hugging_face(
+            {k[len("vision_model."):]: v for k, v in state.items() if k.startswith("vision_model.")},
+            source)
+    elif any(k.startswith("visual.") for k in state):
+        visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
+    elif "conv1.weight" in state and "class_embedding" in state:
+        visual = dict(state)
+    else:
+        raise ValueError(
+            f"{source}: no CLIP vision tower found; expected OpenAI/open_clip keys "
+            "'visual.*', Hugging Face keys 'vision_model.*', or an extracted tower "
+            f"('conv1.weight', 'class_embedding', ...); found e.g. {sorted(state)[:5]}")
+    return {k: v for k, v in visual.items() if k not in UNUSED_VISUAL}
+
+
+def clip_backbone_kwargs(visual: dict[str, np.ndarray]) -> dict[str, int]:
+    """Backbone arguments read from the weights (``heads`` is not in the shapes)."""
+    width = visual["class_embedding"].shape[0]
+    patch = visual["conv1.weight"].shape[-1]
+    grid = math.isqrt(visual["positional_embedding"].shape[0] - 1)
+    layers = 1 + max(int(m.group(1)) for k in visual
+                     if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k)))
+    return dict(input_resolution=grid * patch, patch_size=patch, width=width, layers=layers)
+
+
+def inflate_conv1(weight: np.ndarray, kt: int) -> np.ndarray:
+    """(C, 3, p, p) -> (C, 3, kt, p, p), the 2D kernel in the centre slice, zeros elsewhere."""
+    out = np.zeros(weight.shape[:2] + (kt,) + weight.shape[2:], weight.dtype)
+    out[:, :, kt // 2] = weight
+    return out
+
+
+def resize_positional_embedding(pos: np.ndarray, grid: int) -> np.ndarray:
+    """(1 + g*g, C) -> (1 + grid*grid, C): bicubic over the patch grid, class row kept."""
+    old = math.isqrt(pos.shape[0] - 1)
+    if old == grid:
+        return pos
+    patches = jnp.asarray(pos[1:].reshape(old, old, -1), jnp.float32)
+    resized = jax.image.resize(patches, (grid, grid, pos.shape[1]), "bicubic", antialias=False)
+    return np.concatenate([pos[:1], np.asarray(resized).reshape(grid * grid, -1)]).astype(pos.dtype)
+
+
+def from_clip(path: str | os.PathLike, seed: int = 0,
+              **official_kwargs: Any) -> tuple[UniFormerV2, dict]:
+    """A UniFormerV2 whose backbone holds the CLIP weights at ``path``.
+
+    ``official_kwargs`` are official constructor arguments (``no_lmhra``,
+    ``temporal_downsample``, ``num_classes``, ``input_resolution``, ...); the backbone
+    size comes from the weights and must not contradict them. Modules CLIP lacks keep
+    their initialisation from ``seed`` (zero-initialised outputs: the new model computes
+    CLIP per frame). Returns ``(model, variables)``.
+    """
+    source = os.fspath(path)
+    visual = clip_visual_state(read_state_dict(path), source)
+    backbone = clip_backbone_kwargs(visual)
+    for key in ("patch_size", "width", "layers"):
+        if key in official_kwargs and official_kwargs[key] != backbone[key]:
+            raise ValueError(f"{key}={official_kwargs[key]} contradicts the CLIP weights in "
+                             f"{source} ({key}={backbone[key]})")
+    kwargs = {**backbone, **official_kwargs}
+    if "heads" not in kwargs:
+        kwargs["heads"] = log_assumed_heads(kwargs["width"])
+    n_global = min(4, kwargs["layers"])
+    kwargs.setdefault("return_list", list(range(kwargs["layers"] - n_global, kwargs["layers"])))
+    kwargs.setdefault("n_dim", kwargs["width"])
+    kwargs.setdefault("n_head", kwargs["heads"])
+    model = model_from_official_kwargs(**kwargs)
+
+    kt = model.kernel_size if model.temporal_downsample else 1
+    if visual["conv1.weight"].ndim == 4:
+        visual["conv1.weight"] = inflate_conv1(visual["conv1.weight"], kt)
+    visual["positional_embedding"] = resize_positional_embedding(
+        visual["positional_embedding"], model.input_resolution // model.patch_size)
+
+    loop = model.clone(scan=False, remat=False)
+    frames = jnp.zeros((1, model.t_size, model.input_resolution, model.input_resolution, 3))
+    init = jax.jit(loop.init)(jax.random.key(seed), frames)
+    variables = jax.tree.map(np.asarray, dict(nn.unbox(init)))
+    clip_rules = [r for r in official_rules(model) if _is_clip_key(r.official)]
+    apply_rules(clip_rules, visual, abstract_variables(model), source, target=variables)
+    return model, stack_layers(model, variables) if model.scan else variables
+
+
+def _is_clip_key(key: str) -> bool:
+    """Keys that a CLIP vision tower provides (everything else is UniFormerV2's own)."""
+    if key in ("class_embedding", "positional_embedding", "conv1.weight",
+               "ln_pre.weight", "ln_pre.bias"):
+        return True
+    return bool(re.match(r"transformer\.resblocks\.\d+\.(attn|ln_1|ln_2|mlp)\.", key))

@@ -1,0 +1,118 @@
+"""Reading PyTorch-world weight files into flat ``{key: np.ndarray}`` dicts, safely.
+
+Accepted: ``.safetensors`` (read without torch); PyTorch ``torch.save`` files
+(``.pth``/``.pyth``/``.pt``/``.bin``/``.ckpt``, zip or legacy format), read with
+``torch.load(weights_only=True)`` so that no code inside a pickle can run; TorchScript
+archives (OpenAI's released CLIP ``.pt``), read with ``torch.jit.load``. Nothing here
+ever unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from typing import Any
+
+import numpy as np
+
+TORCH_SUFFIXES = (".pth", ".pyth", ".pt", ".bin", ".ckpt")
+ACCEPTED = ("'.safetensors'; PyTorch files ('" + "', '".join(TORCH_SUFFIXES)
+            + "', zip or legacy torch.save format, or a TorchScript archive)")
+# Wrappers around the state dict in training checkpoints (SlowFast, Lightning, DDP, ...).
+CONTAINER_KEYS = ("model_state", "state_dict", "model", "module")
+
+
+class WeightFileError(ValueError):
+    """A weight file that cannot be read as what it claims to be."""
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Loads a flat state dict; float16/bfloat16 tensors are widened to float32."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"weight file not found: {path}")
+    suffix = os.path.splitext(path)[1].lower()
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if suffix == ".safetensors":
+        state = _read_safetensors(path, head)
+    elif suffix in TORCH_SUFFIXES:
+        state = _read_torch(path, head)
+    else:
+        raise WeightFileError(f"{path}: unknown weight format {suffix!r}; accepted: {ACCEPTED}")
+    return {k: _to_numpy(path, k, v) for k, v in state.items()}
+
+
+def _read_safetensors(path: str, head: bytes) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    # 8-byte little-endian header length, then a JSON header starting with '{'.
+    if len(head) < 9 or head[8:9] != b"{":
+        raise WeightFileError(f"{path}: not a safetensors file (no safetensors header)")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightFileError(f"{path}: cannot read safetensors file: {e}") from None
+
+
+def _is_torchscript(path: str) -> bool:
+    with zipfile.ZipFile(path) as z:
+        names = z.namelist()
+    return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
+
+
+def _read_torch(path: str, head: bytes) -> dict[str, Any]:
+    is_zip = head[:4] == b"PK\x03\x04"
+    if not is_zip and head[:1] != b"\x80":  # pickle protocol >= 2 opcode
+        raise WeightFileError(
+            f"{path}: not a PyTorch file (neither a zip archive nor a pickle); accepted: {ACCEPTED}")
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(f"reading {path} needs PyTorch: pip install 'uniformerv2_jax[torch]' "
+                          "(or convert the file to .safetensors elsewhere)") from None
+    try:
+        if is_zip and _is_torchscript(path):
+            obj = torch.jit.load(path, map_location="cpu").state_dict()
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise WeightFileError(
+            f"{path}: refusing to unpickle it: it holds Python objects other than tensors and "
+            f"plain containers ({str(e).splitlines()[0]}). Only weights are read, never code. "
+            "If the file is trusted, re-save just its tensors, e.g. "
+            "torch.save({'model_state': ckpt['model_state']}, 'weights.pth').") from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, OSError) as e:
+        raise WeightFileError(f"{path}: cannot read PyTorch file: {e}") from None
+    return _unwrap(path, obj)
+
+
+def _unwrap(path: str, obj: Any) -> dict[str, Any]:
+    """Finds the flat tensor dict inside training-checkpoint wrappers."""
+    for _ in range(3):
+        if not isinstance(obj, dict):
+            raise WeightFileError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+        inner = next((obj[k] for k in CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            return obj
+        obj = inner
+    return obj
+
+
+def _to_numpy(path: str, key: str, value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        array = value
+    elif hasattr(value, "detach"):  # a torch.Tensor; bfloat16 has no numpy view
+        value = value.detach().cpu()
+        if value.is_floating_point():
+            value = value.float()
+        array = value.numpy()
+    elif isinstance(value, (int, float)):
+        array = np.asarray(value)
+    else:
+        raise WeightFileError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
+    if array.dtype.kind == "f":  # parameters are float32 here (fp16 CLIP is widened)
+        array = array.astype(np.float32)
+    return array

@@ -1,0 +1,321 @@
+"""UniFormerV2 (Li et al., ICCV 2023): a CLIP ViT armed with local and global UniBlocks.
+
+Reads like the paper's figure, top to bottom:
+
+* patch embedding (optionally downsampling time) + class token + position embedding;
+* ``layers`` x :class:`LocalUniBlock`: local temporal MHRA, CLIP's spatial attention per
+  frame, a second local MHRA, CLIP's MLP;
+* after each layer in ``return_list``, a :class:`GlobalUniBlock`: DPE, then one learnable
+  video query cross-attending to all ``T * L`` tokens of that layer;
+* the fusion of the query with the mean class token, and the head.
+
+The fields of :class:`UniFormerV2` are the official constructor arguments (same names),
+plus implementation switches (``dtype``, ``scan``, ``remat``). Input is channels-last
+``(N, T, H, W, 3)``; the backbone stream is kept as ``(N, T, L, C)`` with ``L = 1 + h*w``
+(class token first). Intermediates are sown into the ``intermediates`` collection.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from uniformerv2_jax.layers import (
+    MLP, Attention, Dense, DepthwiseConv3D, Dtype, drop, drop_path, layer_norm,
+    torch_default_uniform, zeros, ones)
+
+Array = jax.Array
+
+
+def add_to_patches(x: Array, branch: Callable[[Array], Array]) -> Array:
+    """Adds ``branch(patch tokens as a video)`` to the patch tokens; class tokens untouched.
+
+    x: (N, T, L, C) with L = 1 + g*g; branch maps (N, T, g, g, C) -> (N, T, g, g, C).
+    """
+    n, t, length, c = x.shape
+    grid = math.isqrt(length - 1)
+    video = x[:, :, 1:].reshape(n, t, grid, grid, c)
+    return x.at[:, :, 1:].add(branch(video).reshape(n, t, length - 1, c))
+
+
+class LocalMHRA(nn.Module):
+    """Local temporal MHRA: BatchNorm, 1x1x1 conv, depthwise (3,1,1) conv, 1x1x1 conv.
+
+    (N, T, h, w, C) -> (N, T, h, w, C). The last conv is zero-initialised, so a new
+    block adds nothing and the backbone starts as the image ViT applied per frame.
+    """
+
+    reduced: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        channels = x.shape[-1]
+        x = nn.BatchNorm(
+            use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=jnp.float32,
+            scale_init=nn.with_logical_partitioning(ones, ("embed",)),
+            bias_init=nn.with_logical_partitioning(zeros, ("embed",)),
+            name="norm")(x)
+        x = Dense((self.reduced,), ("embed", "reduced"), self.dtype,
+                  kernel_init=torch_default_uniform(channels),
+                  bias_init=torch_default_uniform(channels), name="conv_in")(x)
+        x = DepthwiseConv3D((3, 1, 1), self.dtype, axis_name="reduced", name="conv_dw")(x)
+        return Dense((channels,), ("reduced", "embed"), self.dtype,
+                     kernel_init=zeros, name="conv_out")(x)
+
+
+class LocalUniBlock(nn.Module):
+    """One backbone layer: CLIP's ViT block with local MHRA before attention and MLP.
+
+    (N, T, L, C) -> (N, T, L, C). Self-attention runs over the L tokens of each frame.
+    """
+
+    num_heads: int
+    lmhra: bool
+    double_lmhra: bool
+    dw_reduction: float
+    dtype: Dtype = jnp.float32
+
+    def local(self, x: Array, name: str, rate, train: bool) -> Array:
+        reduced = int(x.shape[-1] // self.dw_reduction)
+        mhra = LocalMHRA(reduced, self.dtype, name=name)
+        return add_to_patches(x, lambda v: drop_path(self, mhra(v, train), rate, train))
+
+    @nn.compact
+    def __call__(self, x: Array, drop_path_rate=0.0, train: bool = False) -> Array:
+        n, t, length, c = x.shape
+        x = nn.with_logical_constraint(x, ("batch", "frames", "tokens", "embed"))
+        if self.lmhra:
+            x = self.local(x, "lmhra1", drop_path_rate, train)
+        y = layer_norm("ln_1")(x).reshape(n * t, length, c)
+        y = Attention(self.num_heads, self.dtype, name="attn")(y).reshape(n, t, length, c)
+        x = x + drop_path(self, y, drop_path_rate, train)
+        if self.lmhra and self.double_lmhra:
+            x = self.local(x, "lmhra2", drop_path_rate, train)
+        y = MLP(4 * c, self.dtype, name="mlp")(layer_norm("ln_2")(x))
+        return x + drop_path(self, y, drop_path_rate, train)
+
+
+class GlobalUniBlock(nn.Module):
+    """DPE, then the video query cross-attends to all T*L tokens of one layer, then MLP.
+
+    query (N, 1, C), tokens (N, T, L, C) -> query (N, 1, C). The DPE (depthwise 3x3x3
+    conv) is added to the patch tokens of this block's copy of the layer output; the
+    backbone stream itself is never changed. Keys are frame-major and include each
+    frame's class token. Output projections are zero-initialised: a new block is the
+    identity on the query.
+    """
+
+    num_heads: int
+    mlp_factor: float
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, query: Array, tokens: Array, drop_path_rate=0.0,
+                 mlp_dropout=0.0, train: bool = False) -> Array:
+        n, t, length, c = tokens.shape
+        tokens = add_to_patches(tokens, DepthwiseConv3D((3, 3, 3), self.dtype, name="dpe"))
+        tokens = nn.with_logical_constraint(
+            tokens.reshape(n, t * length, c), ("batch", "tokens", "embed"))
+        y = Attention(self.num_heads, self.dtype, zero_init_out=True, name="attn")(
+            layer_norm("ln_1")(query), layer_norm("ln_3")(tokens))
+        query = query + drop_path(self, y, drop_path_rate, train)
+        y = MLP(round(self.mlp_factor * c), self.dtype, zero_init_out=True, name="mlp")(
+            layer_norm("ln_2")(query), mlp_dropout, train)
+        return query + drop_path(self, y, drop_path_rate, train)
+
+
+class UniLayer(nn.Module):
+    """Backbone layer i, followed by a GlobalUniBlock when i is in ``return_list``.
+
+    The unit of ``nn.scan``: carry ``(x (N, T, L, C), query (N, 1, C))``; ``rates`` are
+    this layer's (backbone drop-path, global drop-path, global MLP dropout).
+    """
+
+    num_heads: int
+    lmhra: bool
+    double_lmhra: bool
+    dw_reduction: float
+    tapped: bool
+    global_heads: int
+    mlp_factor: float
+    frozen: bool
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, carry, rates, train: bool = False):
+        x, query = carry
+        x = LocalUniBlock(self.num_heads, self.lmhra, self.double_lmhra, self.dw_reduction,
+                          self.dtype, name="block")(x, rates[0], train)
+        self.sow("intermediates", "block_out", x)
+        if self.tapped:
+            # A frozen backbone gets no gradient (the official recipe freezes it).
+            tokens = jax.lax.stop_gradient(x) if self.frozen else x
+            query = GlobalUniBlock(self.global_heads, self.mlp_factor, self.dtype,
+                                   name="global")(query, tokens, rates[1], rates[2], train)
+            self.sow("intermediates", "query", query)
+        return (x, query), None
+
+
+def layer_runs(layers: int, return_list: Sequence[int]) -> list[tuple[int, int, bool]]:
+    """Splits layer indices into maximal runs ``(start, stop, tapped)`` of one kind.
+
+    Each run is one ``nn.scan``: layers without a global block, or layers that all have one
+    (the official configs tap the last n_layers layers, giving two runs).
+    """
+    runs: list[tuple[int, int, bool]] = []
+    for i in range(layers):
+        tapped = i in return_list
+        if runs and runs[-1][2] == tapped:
+            runs[-1] = (runs[-1][0], i + 1, tapped)
+        else:
+            runs.append((i, i + 1, tapped))
+    return runs
+
+
+def linspace(stop: float, num: int) -> list[float]:
+    """torch.linspace(0, stop, num) as Python floats (the official drop-path schedule)."""
+    return [stop * i / (num - 1) if num > 1 else 0.0 for i in range(num)]
+
+
+class UniFormerV2(nn.Module):
+    """The UniFormerV2 video classifier. (N, T, H, W, 3) float -> logits (N, num_classes).
+
+    Defaults are B/16 8x224 with the Kinetics-400 setting (no local MHRA, global blocks on
+    layers 8-11). ``presets.create_model`` builds the named variants. ``t_size`` is the
+    clip length the model is configured for (the official model needs it; this one reads
+    T from the input and only checks the temporal stride).
+    """
+
+    # CLIP ViT backbone.
+    input_resolution: int = 224
+    patch_size: int = 16
+    width: int = 768
+    layers: int = 12
+    heads: int = 12
+    # Video options (official names).
+    t_size: int = 8
+    temporal_downsample: bool = False
+    kernel_size: int = 3
+    dw_reduction: float = 1.5
+    no_lmhra: bool = True
+    double_lmhra: bool = True
+    return_list: tuple[int, ...] = (8, 9, 10, 11)
+    n_dim: int = 768
+    n_head: int = 12
+    mlp_factor: float = 4.0
+    backbone_drop_path_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    mlp_dropout: float | tuple[float, ...] = 0.5
+    cls_dropout: float = 0.5
+    num_classes: int = 400
+    frozen: bool = False
+    # Implementation.
+    dtype: Any = jnp.float32  # compute dtype; parameters and accumulation stay float32
+    scan: bool = False  # nn.scan over runs of identical layers: compile time O(1) in depth
+    remat: bool = False  # rematerialise each layer in the backward pass
+
+    def __post_init__(self):
+        from uniformerv2_jax.presets import validate_fields
+        validate_fields(self)
+        super().__post_init__()
+
+    @property
+    def mlp_dropouts(self) -> tuple[float, ...]:
+        if isinstance(self.mlp_dropout, (int, float)):
+            return (float(self.mlp_dropout),) * len(self.return_list)
+        return tuple(self.mlp_dropout)
+
+    def embed(self, video: Array) -> Array:
+        """Patch embedding, class token, positions, ln_pre: (N, T_in, H, W, 3) -> (N, T, L, C)."""
+        n, t_in, h, w, _ = video.shape
+        p, c = self.patch_size, self.width
+        if (h, w) != (self.input_resolution,) * 2:
+            raise ValueError(f"input frames are {h}x{w}, the model's input_resolution is "
+                             f"{self.input_resolution}")
+        kt = self.kernel_size if self.temporal_downsample else 1
+        kernel = self.param(
+            "conv1", nn.with_logical_partitioning(
+                torch_default_uniform(3 * kt * p * p), (None, None, None, None, "embed")),
+            (kt, p, p, 3, c))
+        if self.temporal_downsample:
+            pad = (kt - 1) // 2
+            padded = jnp.pad(video, ((0, 0), (pad, pad), (0, 0), (0, 0), (0, 0)))
+            t = (t_in + 2 * pad - kt) // 2 + 1
+            frames = jnp.stack([padded[:, i:i + 2 * t - 1:2] for i in range(kt)], axis=2)
+        else:
+            t = t_in
+            frames = video[:, :, None]
+        g = h // p
+        patches = frames.reshape(n, t, kt, g, p, g, p, 3).transpose(0, 1, 3, 5, 2, 4, 6, 7)
+        x = nn.with_logical_constraint(
+            jnp.dot(patches.reshape(n, t, g * g, kt * p * p * 3).astype(self.dtype),
+                    kernel.reshape(-1, c).astype(self.dtype),
+                    preferred_element_type=jnp.float32),
+            ("batch", "frames", "tokens", "embed"))
+        std = c**-0.5
+        cls = self.param("class_embedding", nn.with_logical_partitioning(
+            nn.initializers.normal(std), ("embed",)), (c,))
+        pos = self.param("positional_embedding", nn.with_logical_partitioning(
+            nn.initializers.normal(std), (None, "embed")), (1 + g * g, c))
+        x = jnp.concatenate([jnp.broadcast_to(cls, (n, t, 1, c)), x], axis=2) + pos
+        return layer_norm("ln_pre")(x)
+
+    def layer(self, tapped: bool, name: str, **scan_kwargs) -> nn.Module:
+        """The UniLayer module (scanned over a run of layers when ``scan_kwargs``)."""
+        cls = UniLayer
+        if self.remat:
+            cls = nn.remat(cls, prevent_cse=not scan_kwargs, static_argnums=(3,))
+        if scan_kwargs:
+            cls = nn.scan(
+                cls,
+                variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(0, nn.broadcast),
+                metadata_params={nn.PARTITION_NAME: "layers"},
+                **scan_kwargs)
+        return cls(self.heads, not self.no_lmhra, self.double_lmhra, self.dw_reduction,
+                   tapped, self.n_head, self.mlp_factor, self.frozen, self.dtype, name=name)
+
+    @nn.compact
+    def __call__(self, video: Array, train: bool = False) -> Array:
+        x = self.embed(video)
+        self.sow("intermediates", "embed", x)
+        n = x.shape[0]
+        query = self.param("temporal_cls_token", nn.with_logical_partitioning(
+            zeros, (None, None, "embed")), (1, 1, self.n_dim))
+        query = jnp.broadcast_to(query, (n, 1, self.n_dim))
+
+        # Per-layer (backbone drop-path, global drop-path, global MLP dropout).
+        backbone_dpr = linspace(self.backbone_drop_path_rate, self.layers)
+        global_dpr = linspace(self.drop_path_rate, len(self.return_list))
+        rates = [(backbone_dpr[i], 0.0, 0.0) for i in range(self.layers)]
+        for j, i in enumerate(self.return_list):
+            rates[i] = (backbone_dpr[i], global_dpr[j], self.mlp_dropouts[j])
+
+        carry = (x, query)
+        if self.scan:
+            for start, stop, tapped in layer_runs(self.layers, self.return_list):
+                layer = self.layer(tapped, f"layers_{start}_{stop}", length=stop - start)
+                carry, _ = layer(carry, jnp.asarray(rates[start:stop]), train)
+        else:
+            for i in range(self.layers):
+                carry, _ = self.layer(i in self.return_list, f"layer_{i}")(carry, rates[i], train)
+        x, query = carry
+
+        if self.frozen:
+            feature = query[:, 0]
+        else:
+            balance = self.param("balance", nn.with_logical_partitioning(zeros, ("embed",)),
+                                 (self.n_dim,))
+            w = jax.nn.sigmoid(balance)
+            feature = (1 - w) * query[:, 0] + w * x[:, :, 0].mean(axis=1)
+        self.sow("intermediates", "head_input", feature)
+        feature = drop(self, layer_norm("head_norm")(feature), self.cls_dropout, train)
+        return Dense((self.num_classes,), ("embed", "classes"), self.dtype,
+                     kernel_init=torch_default_uniform(self.n_dim),
+                     bias_init=torch_default_uniform(self.n_dim), name="head")(feature)
