@@ -1,0 +1,22 @@
+# Set-up and the two entry points of the README. Both create (or reuse) .venv.
+PYTHON ?= python3.11
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	# torch is pinned in the same command so that no other package pulls a CUDA build.
+	$(VENV)/bin/pip install --quiet -e '.[torch,test]' torch==2.13.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/python main.py demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q tests
+
+bench: $(STAMP)
+	$(VENV)/bin/python benchmarks/forward_speed.py

@@ -1,0 +1,131 @@
+"""uniformerv2_jax command line.
+
+  python main.py demo
+      Converts the shipped official-layout fixture (data/fixtures/tiny_a.*), saves and
+      reloads it as an orbax checkpoint, runs the forward pass and prints the logits next
+      to the official PyTorch model's.
+
+  python main.py convert --from=official --src=k400_b16.pyth --out=ckpt/k400_b16
+      [--model_config=config.yaml|.json] [--model_arg=t_size=16 ...] [--head_map=k400]
+  python main.py convert --from=clip --src=ViT-B-16.pt --out=ckpt/clip_b16
+      [--model_arg=no_lmhra=false --model_arg=temporal_downsample=true ...]
+  python main.py convert --from=converted --src=ckpt/k400_b16 --out=k400_b16.safetensors
+      Writes an orbax checkpoint (a directory) that training starts from, or, when --out
+      ends in .safetensors/.pth, the official state dict (``backbone.`` keys).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import yaml
+from absl import app, flags, logging
+
+ROOT = Path(__file__).resolve().parent
+COMMANDS = ("demo", "convert")
+
+flags.DEFINE_enum("from", None, ["official", "clip", "converted"], "convert: source kind.")
+flags.DEFINE_string("src", None, "convert: source weight file or converted directory.")
+flags.DEFINE_string("out", None, "convert: output directory (orbax) or .safetensors/.pth file.")
+flags.DEFINE_string("model_config", None, "convert: official config (.json or SlowFast .yaml).")
+flags.DEFINE_multi_string("model_arg", [], "convert: official constructor argument, NAME=VALUE.")
+flags.DEFINE_string("head_map", None, "convert: re-index the head: k400|k600|k700 (K710 maps), "
+                    "first:N, or a JSON list of source rows.")
+flags.DEFINE_bool("overwrite", False, "convert: replace an existing output.")
+flags.DEFINE_string("workdir", "/tmp/uniformerv2_demo", "demo: where the checkpoint is written.")
+FLAGS = flags.FLAGS
+
+
+def parse_model_args(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise app.UsageError(f"--model_arg={item!r}: expected NAME=VALUE")
+        out[name.strip()] = yaml.safe_load(value)
+    return out
+
+
+def convert() -> None:
+    from uniformerv2_jax.convert import from_clip, from_official, to_official, transfer_head
+    from uniformerv2_jax.convert.saved import load_converted, save_converted
+
+    kind = FLAGS["from"].value
+    if not kind or not FLAGS.src or not FLAGS.out:
+        raise app.UsageError("convert needs --from, --src and --out")
+    kwargs = parse_model_args(FLAGS.model_arg)
+    if kind == "official":
+        model, variables = from_official(FLAGS.src, config=FLAGS.model_config, **kwargs)
+    elif kind == "clip":
+        if FLAGS.model_config:
+            from uniformerv2_jax.presets import read_official_config
+            kwargs = {**read_official_config(FLAGS.model_config), **kwargs}
+        model, variables = from_clip(FLAGS.src, **kwargs)
+    else:
+        model, variables = load_converted(FLAGS.src)
+    if FLAGS.head_map:
+        model, variables = transfer_head(model, variables, FLAGS.head_map)
+
+    out = Path(FLAGS.out)
+    if out.suffix in (".safetensors", ".pth"):
+        write_official(out, to_official(model, variables))
+    else:
+        save_converted(out, model, variables, overwrite=FLAGS.overwrite)
+    print(f"wrote {out} ({model.width}-wide, {model.layers} layers, {model.num_classes} classes)")
+
+
+def write_official(path: Path, state: dict) -> None:
+    if path.exists() and not FLAGS.overwrite:
+        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    tmp = path.with_name(f".{path.name}.tmp")
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import save_file
+        save_file(state, str(tmp))
+    else:
+        import torch
+        torch.save({"model_state": {k: torch.from_numpy(v) for k, v in state.items()}}, tmp)
+    os.replace(tmp, path)
+
+
+def demo() -> None:
+    import jax
+    import numpy as np
+
+    from uniformerv2_jax.convert import from_official
+    from uniformerv2_jax.convert.official import param_count
+    from uniformerv2_jax.convert.saved import load_converted, save_converted
+
+    jax.config.update("jax_default_matmul_precision", "highest")
+    fixtures = ROOT / "data" / "fixtures"
+    model, variables = from_official(fixtures / "tiny_a.safetensors", config=fixtures / "tiny_a.json")
+    print(f"converted data/fixtures/tiny_a.safetensors: {param_count(variables):,} parameters")
+    saved = save_converted(Path(FLAGS.workdir) / "tiny_a", model, variables, overwrite=True)
+    model, variables = load_converted(saved)
+    print(f"saved and reloaded the orbax checkpoint at {saved}")
+
+    data = np.load(fixtures / "tiny_a.npz")
+    video = np.transpose(data["input"], (0, 2, 3, 4, 1))  # (N, C, T, H, W) -> (N, T, H, W, C)
+    logits = np.asarray(jax.jit(model.apply)(variables, video))
+    print(f"\nlogits for {video.shape[0]} clips of shape {video.shape[1:]}:")
+    print("clip  source     " + " ".join(f"{c:>7d}" for c in range(logits.shape[1])))
+    for i in range(logits.shape[0]):
+        print(f"{i:>4}  ours       " + " ".join(f"{v:7.4f}" for v in logits[i]))
+        print(f"{i:>4}  official   " + " ".join(f"{v:7.4f}" for v in data["logits"][i]))
+    err = np.abs(logits - data["logits"]).max()
+    print(f"\nmax |ours - official| = {err:.2e} ({'OK' if err < 1e-5 else 'MISMATCH'}, bound 1e-5)")
+    if err >= 1e-5:
+        sys.exit(1)
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 2 or argv[1] not in COMMANDS:
+        raise app.UsageError(f"usage: main.py {{{'|'.join(COMMANDS)}}} [--flags]")
+    if not FLAGS["verbosity"].present:  # orbax logs every step of a save at INFO
+        logging.set_verbosity(logging.WARNING)
+    {"demo": demo, "convert": convert}[argv[1]]()
+
+
+if __name__ == "__main__":
+    app.run(main)
