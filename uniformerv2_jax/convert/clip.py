@@ -11,6 +11,7 @@ position embedding is resized bicubically when the input size differs.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -87,6 +88,31 @@ def clip_visual_state(state: dict[str, np.ndarray], source: str = "state dict") 
     return {k: v for k, v in visual.items() if k not in UNUSED_VISUAL}
 
 
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _hugging_face_dir(directory: str) -> tuple[str, dict[str, Any]]:
+    """A ``save_pretrained`` folder -> (weight file, backbone arguments from config.json)."""
+    weights = next((os.path.join(directory, f) for f in HF_WEIGHT_FILES
+                    if os.path.isfile(os.path.join(directory, f))), None)
+    if weights is None:
+        raise FileNotFoundError(f"{directory}: a directory must hold a Hugging Face checkpoint "
+                                f"({' or '.join(HF_WEIGHT_FILES)})")
+    kwargs: dict[str, Any] = {}
+    config_path = os.path.join(directory, "config.json")
+    if os.path.isfile(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+        vision = config.get("vision_config", config)
+        act = vision.get("hidden_act", "quick_gelu")
+        if act != "quick_gelu":
+            raise ValueError(f"{config_path}: hidden_act={act!r}; UniFormerV2 (like OpenAI "
+                             "CLIP) uses quick_gelu")
+        if "num_attention_heads" in vision:
+            kwargs["heads"] = vision["num_attention_heads"]
+    return weights, kwargs
+
+
 def clip_backbone_kwargs(visual: dict[str, np.ndarray]) -> dict[str, int]:
     """Backbone arguments read from the weights (``heads`` is not in the shapes)."""
     width = visual["class_embedding"].shape[0]
@@ -118,6 +144,10 @@ def from_clip(path: str | os.PathLike, seed: int = 0,
               **official_kwargs: Any) -> tuple[UniFormerV2, dict]:
     """A UniFormerV2 whose backbone holds the CLIP weights at ``path``.
 
+    ``path`` is a weight file or a Hugging Face ``save_pretrained`` directory (whose
+    ``config.json`` then gives the number of heads). Without one, ``heads`` defaults to
+    ``width // 64``, as OpenAI's CLIP builder derives it.
+
     ``official_kwargs`` are official constructor arguments (``no_lmhra``,
     ``temporal_downsample``, ``num_classes``, ``input_resolution``, ...); the backbone
     size comes from the weights and must not contradict them. Modules CLIP lacks keep
@@ -125,9 +155,12 @@ def from_clip(path: str | os.PathLike, seed: int = 0,
     CLIP per frame). Returns ``(model, variables)``.
     """
     source = os.fspath(path)
+    found: dict[str, Any] = {}
+    if os.path.isdir(source):
+        path, found = _hugging_face_dir(source)
     visual = clip_visual_state(read_state_dict(path), source)
-    backbone = clip_backbone_kwargs(visual)
-    for key in ("patch_size", "width", "layers"):
+    backbone = {**clip_backbone_kwargs(visual), **found}
+    for key in ("patch_size", "width", "layers", *found):
         if key in official_kwargs and official_kwargs[key] != backbone[key]:
             raise ValueError(f"{key}={official_kwargs[key]} contradicts the CLIP weights in "
                              f"{source} ({key}={backbone[key]})")

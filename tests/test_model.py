@@ -1,0 +1,203 @@
+"""The Flax model: sizes, implementation switches, train/eval behaviour, validation."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import random_video, randomize, tiny_fields
+
+from uniformerv2_jax import UniFormerV2, create_model
+from uniformerv2_jax.convert.mapping import stack_layers
+from uniformerv2_jax.model import layer_runs
+
+
+def param_count(model: UniFormerV2, frames: int = 8) -> int:
+    size = model.input_resolution
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, frames, size, size, 3)))
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(shapes["params"])))
+
+
+@pytest.mark.parametrize("variant, fields, expected", [
+    ("B/16", dict(), 114_552_208),  # official K400 B/16 8x224 (no local MHRA)
+    ("B/16", dict(no_lmhra=False), 133_543_312),
+    ("L/14", dict(no_lmhra=False, temporal_downsample=True), 422_658_288),
+    ("L/14@336", dict(frozen=True), 354_426_256),
+    ("B/16", dict(no_lmhra=False, temporal_downsample=True, return_list=tuple(range(4, 12)),
+                  num_classes=174, scan=True), 162_992_814),  # SSv2 B/16
+])
+def test_parameter_counts_equal_the_official_ones(variant, fields, expected):
+    assert param_count(create_model(variant, **fields)) == expected
+
+
+def test_every_parameter_has_logical_axis_names():
+    model = UniFormerV2(**tiny_fields(scan=True))
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 4, 32, 32, 3)))
+    boxed = jax.tree.leaves(shapes["params"], is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert boxed and all(isinstance(b, nn.LogicallyPartitioned) for b in boxed)
+    for b in boxed:
+        assert len(b.names) == b.value.ndim
+    names = {n for b in boxed for n in b.names}
+    assert {"embed", "mlp", "heads", "kv", "classes", "layers", "reduced"} <= names
+
+
+def logits_and_grads(model, variables, video):
+    """Eval logits and d(sum of logits)/d(params), jitted."""
+    loss = lambda p: model.apply({**variables, "params": p}, video).sum()  # noqa: E731
+    return jax.jit(model.apply)(variables, video), jax.jit(jax.grad(loss))(variables["params"])
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = UniFormerV2(**tiny_fields())
+    video = random_video(model)
+    variables = randomize(jax.eval_shape(model.init, jax.random.key(0), video))
+    return model, nn.unbox(variables), video
+
+
+@pytest.fixture(scope="module")
+def tiny_reference(tiny):
+    return logits_and_grads(*tiny)
+
+
+def test_layer_runs_split_tapped_and_untapped_layers():
+    assert layer_runs(12, (8, 9, 10, 11)) == [(0, 8, False), (8, 12, True)]
+    assert layer_runs(5, (0, 2)) == [(0, 1, True), (1, 2, False), (2, 3, True), (3, 5, False)]
+
+
+@pytest.mark.parametrize("scan, remat", [(True, False), (False, True), (True, True)])
+def test_scan_and_remat_give_the_numbers_of_the_plain_loop(tiny, tiny_reference, scan, remat):
+    model, variables, video = tiny
+    other = model.clone(scan=scan, remat=remat)
+    other_vars = stack_layers(model, variables) if scan else variables
+    # The stacked tree is exactly what the scanned model creates.
+    abstract = jax.eval_shape(other.init, jax.random.key(0), video)
+    assert jax.tree.structure(nn.unbox(abstract)) == jax.tree.structure(other_vars)
+
+    logits, grads = logits_and_grads(other, other_vars, video)
+    expected_logits, expected_grads = tiny_reference
+    np.testing.assert_allclose(logits, expected_logits, rtol=0, atol=1e-5)
+    if scan:
+        expected_grads = stack_layers(model, {"params": expected_grads})["params"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 grads, expected_grads)
+
+
+def test_jit_matches_eager_and_gradients_are_finite(tiny, tiny_reference):
+    model, variables, video = tiny
+    logits, grads = tiny_reference
+    assert logits.shape == (2, 5)
+    with jax.disable_jit():  # eager, op by op
+        eager = model.apply(variables, video[:1])
+    np.testing.assert_allclose(logits[:1], eager, atol=1e-5)
+    leaves = jax.tree.leaves(grads)
+    assert all(bool(jnp.isfinite(g).all()) for g in leaves)
+    assert all(float(jnp.abs(g).max()) > 0 for g in leaves)
+
+
+def test_dropout_and_drop_path_act_only_in_training(tiny):
+    model, variables, video = tiny
+    model = model.clone(backbone_drop_path_rate=0.3, drop_path_rate=0.3)
+    apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
+    np.testing.assert_array_equal(apply(variables, video), apply(variables, video))
+
+    def train(seed):
+        out, _ = apply(variables, video, train=True, rngs={"dropout": jax.random.key(seed)},
+                       mutable=("batch_stats",))
+        return np.asarray(out)
+
+    assert not np.allclose(train(0), train(1))
+    np.testing.assert_array_equal(train(2), train(2))
+
+
+def test_batchnorm_uses_running_stats_in_eval_and_updates_them_in_training(tiny):
+    model, variables, video = tiny
+    _, updated = model.apply(variables, video, train=True, rngs={"dropout": jax.random.key(0)},
+                             mutable=["batch_stats"])
+    old = variables["batch_stats"]["layer_0"]["block"]["lmhra1"]["norm"]
+    new = updated["batch_stats"]["layer_0"]["block"]["lmhra1"]["norm"]
+    # momentum 0.9 in Flax == PyTorch's 0.1: new = 0.9 * old + 0.1 * batch mean.
+    _, state = model.apply(variables, video, mutable=["intermediates"])
+    tokens = state["intermediates"]["embed"][0]  # what layer 0's first local MHRA normalises
+    patches = np.asarray(tokens[:, :, 1:]).reshape(-1, model.width)
+    np.testing.assert_allclose(new["mean"], 0.9 * old["mean"] + 0.1 * patches.mean(0), atol=1e-5)
+    # In eval, the output depends on the running statistics.
+    stats = jax.tree.map(lambda x: x * 2.0, variables["batch_stats"])
+    assert not np.allclose(model.apply({**variables, "batch_stats": stats}, video),
+                           model.apply(variables, video))
+
+
+def test_fresh_model_is_the_image_model_per_frame_plus_identity_global_blocks():
+    model = UniFormerV2(**tiny_fields())
+    video = random_video(model)
+    variables = model.init(jax.random.key(0), video)
+    logits, state = model.apply(variables, video, mutable=["intermediates"])
+    inter = state["intermediates"]
+    # Zero-initialised outputs: the query stays zero, the local MHRA adds nothing.
+    np.testing.assert_array_equal(inter["layer_2"]["query"][0], 0.0)
+    shuffled = video[:, ::-1]
+    last = inter["layer_2"]["block_out"][0]
+    _, state_rev = model.apply(variables, shuffled, mutable=["intermediates"])
+    np.testing.assert_allclose(state_rev["intermediates"]["layer_2"]["block_out"][0][:, ::-1],
+                               last, atol=1e-5)
+    np.testing.assert_allclose(inter["head_input"][0], 0.5 * last[:, :, 0].mean(1), atol=1e-6)
+
+
+def test_frozen_model_has_no_balance_and_no_backbone_gradient():
+    model = UniFormerV2(**tiny_fields(frozen=True))
+    video = random_video(model)
+    variables = nn.unbox(randomize(jax.eval_shape(model.init, jax.random.key(0), video)))
+    assert "balance" not in variables["params"]
+    grads = jax.jit(jax.grad(lambda p: model.apply({**variables, "params": p}, video).sum()))(
+        variables["params"])
+    assert float(jnp.abs(grads["layer_0"]["block"]["attn"]["in_proj_kernel"]).max()) == 0.0
+    assert float(jnp.abs(grads["conv1"]).max()) == 0.0
+    assert float(jnp.abs(grads["layer_2"]["global"]["attn"]["in_proj_kernel"]).max()) > 0.0
+
+
+def test_any_clip_length_runs_and_temporal_downsampling_halves_time():
+    model = UniFormerV2(**tiny_fields(temporal_downsample=True))
+    video = random_video(model, frames=8)
+    variables = jax.jit(model.init)(jax.random.key(0), video)
+    _, state = jax.jit(model.apply, static_argnames="mutable")(
+        variables, video, mutable=("intermediates",))
+    assert state["intermediates"]["embed"][0].shape == (2, 4, 17, 32)
+    assert jax.jit(model.apply)(variables, random_video(model, frames=6)).shape == (2, 5)
+
+
+def test_bfloat16_compute_stays_close_to_float32(tiny):
+    model, variables, video = tiny
+    f32 = jax.jit(model.apply)(variables, video)
+    bf16 = jax.jit(model.clone(dtype=jnp.bfloat16).apply)(variables, video)
+    assert bf16.dtype == jnp.float32
+    assert float(jnp.abs(bf16 - f32).max()) < 0.05 * float(jnp.abs(f32).max())
+    assert jax.tree.leaves(variables)[0].dtype == jnp.float32
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(input_resolution=30), "input_resolution"),
+    (dict(n_dim=64), "n_dim"),
+    (dict(heads=3), "heads"),
+    (dict(return_list=(2, 1)), "return_list"),
+    (dict(return_list=(1, 3)), "return_list"),
+    (dict(mlp_dropout=(0.5,)), "mlp_dropout"),
+    (dict(temporal_downsample=True, t_size=5), "t_size"),
+    (dict(cls_dropout=1.0), "cls_dropout"),
+    (dict(num_classes=0), "num_classes"),
+])
+def test_impossible_settings_are_rejected_naming_the_field(fields, match):
+    with pytest.raises(ValueError, match=match):
+        UniFormerV2(**tiny_fields(**fields))
+
+
+def test_unknown_fields_and_variants_are_rejected():
+    with pytest.raises(ValueError, match="unknown model field.*no_lmhr"):
+        create_model("B/16", no_lmhr=True)
+    with pytest.raises(ValueError, match="unknown variant"):
+        create_model("B/32")
+
+
+def test_wrong_input_size_names_the_resolution(tiny):
+    model, variables, _ = tiny
+    with pytest.raises(ValueError, match="input_resolution"):
+        model.apply(variables, np.zeros((1, 4, 48, 48, 3), np.float32))
