@@ -76,6 +76,8 @@ def clip_visual_state(state: dict[str, np.ndarray], source: str = "state dict") 
         visual = _from_hugging_face(
             {k[len("vision_model."):]: v for k, v in state.items() if k.startswith("vision_model.")},
             source)
+    elif "embeddings.patch_embedding.weight" in state:  # a CLIPVisionModel saved bare
+        visual = _from_hugging_face(state, source)
     elif any(k.startswith("visual.") for k in state):
         visual = {k[len("visual."):]: v for k, v in state.items() if k.startswith("visual.")}
     elif "conv1.weight" in state and "class_embedding" in state:
@@ -130,14 +132,34 @@ def inflate_conv1(weight: np.ndarray, kt: int) -> np.ndarray:
     return out
 
 
+def bicubic_matrix(old: int, new: int, a: float = -0.75) -> np.ndarray:
+    """(new, old) interpolation matrix of PyTorch's bicubic, ``align_corners=False``."""
+    def cubic(d):
+        d = np.abs(d)
+        return np.where(d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1,
+                        np.where(d < 2, ((a * d - 5 * a) * d + 8 * a) * d - 4 * a, 0.0))
+
+    centre = (np.arange(new) + 0.5) * old / new - 0.5
+    base = np.floor(centre).astype(int)
+    matrix = np.zeros((new, old))
+    for tap in range(-1, 3):
+        index = base + tap
+        np.add.at(matrix, (np.arange(new), np.clip(index, 0, old - 1)), cubic(centre - index))
+    return matrix
+
+
 def resize_positional_embedding(pos: np.ndarray, grid: int) -> np.ndarray:
-    """(1 + g*g, C) -> (1 + grid*grid, C): bicubic over the patch grid, class row kept."""
+    """(1 + g*g, C) -> (1 + grid*grid, C): bicubic over the patch grid, class row kept.
+
+    The same numbers as PyTorch's ``F.interpolate(mode="bicubic", align_corners=False)``.
+    """
     old = math.isqrt(pos.shape[0] - 1)
     if old == grid:
         return pos
-    patches = jnp.asarray(pos[1:].reshape(old, old, -1), jnp.float32)
-    resized = jax.image.resize(patches, (grid, grid, pos.shape[1]), "bicubic", antialias=False)
-    return np.concatenate([pos[:1], np.asarray(resized).reshape(grid * grid, -1)]).astype(pos.dtype)
+    m = bicubic_matrix(old, grid)
+    patches = pos[1:].reshape(old, old, -1).astype(np.float64)
+    resized = np.einsum("ij,kl,jlc->ikc", m, m, patches).reshape(grid * grid, -1)
+    return np.concatenate([pos[:1], resized.astype(pos.dtype)])
 
 
 def from_clip(path: str | os.PathLike, seed: int = 0,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from typing import Any
 
@@ -75,7 +76,9 @@ def _read_torch(path: str, head: bytes) -> dict[str, Any]:
                           "(or convert the file to .safetensors elsewhere)") from None
     try:
         if is_zip and _is_torchscript(path):
-            obj = torch.jit.load(path, map_location="cpu").state_dict()
+            with warnings.catch_warnings():  # torch 2.13 deprecates jit; OpenAI ships it
+                warnings.simplefilter("ignore", DeprecationWarning)
+                obj = torch.jit.load(path, map_location="cpu").state_dict()
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
