@@ -60,12 +60,12 @@ def infer_official_kwargs(state: dict[str, np.ndarray]) -> dict[str, Any]:
         input_resolution=grid * patch, patch_size=patch, width=width, layers=layers,
         temporal_downsample=conv1.shape[2] > 1, kernel_size=max(conv1.shape[2], 3),
         no_lmhra="transformer.resblocks.0.lmhra1.pos_embed.1.weight" not in state,
-        double_lmhra="transformer.resblocks.0.lmhra2.pos_embed.1.weight" in state,
         return_list=list(range(layers - n_layers, layers)), n_dim=width,
         frozen="transformer.balance" not in state,
         num_classes=need("transformer.proj.2.weight").shape[0],
     )
     if not kwargs["no_lmhra"]:
+        kwargs["double_lmhra"] = "transformer.resblocks.0.lmhra2.pos_embed.1.weight" in state
         reduced = state["transformer.resblocks.0.lmhra1.pos_embed.1.weight"].shape[0]
         if reduced != int(width // 1.5):
             kwargs["dw_reduction"] = width / reduced
