@@ -63,7 +63,7 @@ class LocalMHRA(nn.Module):
         x = Dense((self.reduced,), ("embed", "reduced"), self.dtype,
                   kernel_init=torch_default_uniform(channels),
                   bias_init=torch_default_uniform(channels), name="conv_in")(x)
-        x = DepthwiseConv3D((3, 1, 1), self.dtype, axis_name="reduced", name="conv_dw")(x)
+        x = DepthwiseConv3D((3, 1, 1), axis_name="reduced", name="conv_dw")(x)
         return Dense((channels,), ("reduced", "embed"), self.dtype,
                      kernel_init=zeros, name="conv_out")(x)
 
@@ -118,7 +118,7 @@ class GlobalUniBlock(nn.Module):
     def __call__(self, query: Array, tokens: Array, drop_path_rate=0.0,
                  mlp_dropout=0.0, train: bool = False) -> Array:
         n, t, length, c = tokens.shape
-        tokens = add_to_patches(tokens, DepthwiseConv3D((3, 3, 3), self.dtype, name="dpe"))
+        tokens = add_to_patches(tokens, DepthwiseConv3D((3, 3, 3), name="dpe"))
         tokens = nn.with_logical_constraint(
             tokens.reshape(n, t * length, c), ("batch", "tokens", "embed"))
         y = Attention(self.num_heads, self.dtype, zero_init_out=True, name="attn")(
