@@ -2,9 +2,12 @@
 
     python benchmarks/forward_speed.py [--batch 1] [--repeats 5]
 
-Prints, per setting (K400: no local MHRA; SSv2-style: local MHRA x2) and compute dtype:
-compile time, seconds per clip, GFLOP per clip (XLA's count of the compiled program),
-achieved GFLOP/s, and for bfloat16 the largest logit deviation from float32.
+Prints three tables:
+1. per setting (K400: no local MHRA; SSv2-style: local MHRA x2) and compute dtype:
+   compile time, seconds per clip, GFLOP per clip (XLA's count of the compiled
+   program), achieved GFLOP/s, and for bfloat16 the largest logit deviation from float32;
+2. per component of one clip (one backbone layer, one global block, attention alone);
+3. compile time of the L/14 forward, plain loop vs ``scan`` (abstract inputs, no memory).
 """
 
 from __future__ import annotations
@@ -17,11 +20,60 @@ import jax.numpy as jnp
 import numpy as np
 
 from uniformerv2_jax import create_model
+from uniformerv2_jax.layers import attention
+from uniformerv2_jax.model import GlobalUniBlock, LocalUniBlock
 
 SETTINGS = {
     "K400 (no local MHRA)": dict(),
     "local MHRA x2": dict(no_lmhra=False, double_lmhra=True),
 }
+
+
+def seconds(fn, args, repeats):
+    """Median wall time of a compiled call."""
+    fn(*args).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(*args).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def components(repeats):
+    """Milliseconds per clip of the parts of B/16 8x224, float32 and bfloat16."""
+    tokens = jnp.ones((1, 8, 197, 768))
+    query = jnp.ones((1, 1, 768))
+    parts = {
+        "backbone layer": (LocalUniBlock(12, False, True, 1.5), (tokens,)),
+        "backbone layer + local MHRA x2": (LocalUniBlock(12, True, True, 1.5), (tokens,)),
+        "global block (DPE + cross-attention)": (GlobalUniBlock(12, 4.0), (query, tokens)),
+    }
+    print(f"\n{'component (B/16, 8 frames)':<38} {'f32 ms':>8} {'bf16 ms':>8}")
+    for name, (module, args) in parts.items():
+        variables = module.init(jax.random.key(0), *args)
+        row = []
+        for dtype in (jnp.float32, jnp.bfloat16):
+            row.append(seconds(jax.jit(module.clone(dtype=dtype).apply), (variables, *args), repeats))
+        print(f"{name:<38} {row[0] * 1e3:8.1f} {row[1] * 1e3:8.1f}")
+    q = jnp.ones((8, 197, 12, 64))
+    row = [seconds(jax.jit(lambda x, d=d: attention(x, x, x, d)), (q,), repeats)
+           for d in (jnp.float32, jnp.bfloat16)]
+    print(f"{'  of which self-attention (softmax)':<38} {row[0] * 1e3:8.1f} {row[1] * 1e3:8.1f}")
+    row = seconds(jax.jit(lambda x: jax.nn.dot_product_attention(x, x, x)), (q,), repeats)
+    print(f"{'  jax.nn.dot_product_attention':<38} {row * 1e3:8.1f}")
+
+
+def compile_times():
+    """Compile time of the L/14 8x224 forward, loop vs scan, from abstract shapes."""
+    print(f"\n{'L/14 8x224 forward':<38} {'compile s':>9}")
+    video = jax.ShapeDtypeStruct((1, 8, 224, 224, 3), jnp.float32)
+    for scan in (False, True):
+        model = create_model("L/14", scan=scan)
+        variables = jax.eval_shape(model.init, jax.random.key(0), video)
+        start = time.perf_counter()
+        jax.jit(model.apply).lower(variables, video).compile()
+        print(f"{'scan' if scan else 'plain loop':<38} {time.perf_counter() - start:9.1f}")
 
 
 def bench(model, variables, video, repeats):
@@ -31,13 +83,9 @@ def bench(model, variables, video, repeats):
     compile_s = time.perf_counter() - start
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
-    logits = compiled(variables, video).block_until_ready()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        compiled(variables, video).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return compile_s, float(np.median(times)), float(cost.get("flops", float("nan"))), logits
+    logits = compiled(variables, video)
+    elapsed = seconds(compiled, (variables, video), repeats)
+    return compile_s, elapsed, float(cost.get("flops", float("nan"))), logits
 
 
 def main():
@@ -64,14 +112,16 @@ def main():
             jax.tree.unflatten(jax.tree.structure(variables), list(noise)))
         reference = None
         for dtype in (jnp.float32, jnp.bfloat16):
-            compile_s, seconds, flops, logits = bench(
+            compile_s, elapsed, flops, logits = bench(
                 model.clone(dtype=dtype), variables, video, args.repeats)
-            per_clip = seconds / args.batch
+            per_clip = elapsed / args.batch
             gflop = flops / 1e9 / args.batch
             deviation = "" if reference is None else f"{float(jnp.abs(logits - reference).max()):.2e}"
             reference = logits if reference is None else reference
             print(f"{name:<22} {jnp.dtype(dtype).name:<9} {compile_s:9.1f} {per_clip:8.3f} "
                   f"{gflop:10.1f} {gflop / per_clip:8.0f} {deviation:>11}")
+    components(args.repeats)
+    compile_times()
 
 
 if __name__ == "__main__":

@@ -182,6 +182,41 @@ def linspace(stop: float, num: int) -> list[float]:
     return [stop * i / (num - 1) if num > 1 else 0.0 for i in range(num)]
 
 
+def validate_fields(m: "UniFormerV2") -> None:
+    """Rejects impossible settings before anything is traced, naming the field."""
+    def fail(field: str, why: str):
+        raise ValueError(f"UniFormerV2.{field}={getattr(m, field)!r}: {why}")
+
+    if m.input_resolution % m.patch_size:
+        fail("input_resolution", f"not divisible by patch_size={m.patch_size}")
+    if m.width % m.heads:
+        fail("heads", f"does not divide width={m.width}")
+    if m.n_dim != m.width:
+        fail("n_dim", f"must equal width={m.width}: the DPE and the global blocks read the "
+                      "backbone tokens directly (the official model has the same constraint)")
+    if m.n_dim % m.n_head:
+        fail("n_head", f"does not divide n_dim={m.n_dim}")
+    rl = tuple(m.return_list)
+    if not rl or list(rl) != sorted(set(rl)) or rl[0] < 0 or rl[-1] >= m.layers:
+        fail("return_list", f"must be increasing, unique layer indices in [0, {m.layers})")
+    if not isinstance(m.mlp_dropout, (int, float)) and len(m.mlp_dropout) != len(rl):
+        fail("mlp_dropout", f"needs one rate per global block ({len(rl)})")
+    if m.temporal_downsample:
+        if m.kernel_size < 1 or m.kernel_size % 2 == 0:
+            fail("kernel_size", "must be odd (the official padding is (kernel_size - 1) // 2)")
+        if m.t_size % 2:
+            fail("t_size", "must be even with temporal_downsample (stride 2 in time)")
+    if int(m.width // m.dw_reduction) < 1:
+        fail("dw_reduction", f"leaves no channels of width={m.width}")
+    for field in ("backbone_drop_path_rate", "drop_path_rate", "cls_dropout"):
+        if not 0.0 <= getattr(m, field) < 1.0:
+            fail(field, "must be in [0, 1)")
+    if any(not 0.0 <= r < 1.0 for r in m.mlp_dropouts):
+        fail("mlp_dropout", "rates must be in [0, 1)")
+    if m.num_classes < 1:
+        fail("num_classes", "must be positive")
+
+
 class UniFormerV2(nn.Module):
     """The UniFormerV2 video classifier. (N, T, H, W, 3) float -> logits (N, num_classes).
 
@@ -220,7 +255,6 @@ class UniFormerV2(nn.Module):
     remat: bool = False  # rematerialise each layer in the backward pass
 
     def __post_init__(self):
-        from uniformerv2_jax.presets import validate_fields
         validate_fields(self)
         super().__post_init__()
 
