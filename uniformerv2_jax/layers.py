@@ -144,12 +144,14 @@ class Attention(nn.Module):
     of ``nn.MultiheadAttention.in_proj_weight``); ``out_proj`` kernel is
     ``(heads, head_dim, C)``. Self-attention uses one fused matmul; cross-attention
     projects the query with slice 0 and the keys/values with slices 1 and 2, exactly as
-    the official Extractor does.
+    the official Extractor does. ``query_dtype`` sets the dtype of the query-side
+    projections (q and out) when they differ from the key side's.
     """
 
     num_heads: int
     dtype: Dtype = jnp.float32
     zero_init_out: bool = False
+    query_dtype: Dtype | None = None
 
     @nn.compact
     def __call__(self, x: Array, context: Array | None = None) -> Array:
@@ -170,10 +172,11 @@ class Attention(nn.Module):
             nn.with_logical_partitioning(zeros, (None, "heads", "kv")),
             shape[1:],
         )
+        query_dtype = self.query_dtype or self.dtype
         if context is None:
             q, k, v = jnp.moveaxis(matmul(x, in_kernel, self.dtype) + in_bias, -3, 0)
         else:
-            q = matmul(x, in_kernel[:, 0], self.dtype) + in_bias[0]
+            q = matmul(x, in_kernel[:, 0], query_dtype) + in_bias[0]
             k, v = jnp.moveaxis(matmul(context, in_kernel[:, 1:], self.dtype) + in_bias[1:], -3, 0)
         out = attention(q, k, v, self.dtype)
         out_init = zeros if self.zero_init_out else xavier_uniform(in_axis=(0, 1), out_axis=2)
@@ -185,7 +188,7 @@ class Attention(nn.Module):
         out_bias = self.param(
             "out_proj_bias", nn.with_logical_partitioning(zeros, ("embed",)), (width,))
         out = out.reshape(*out.shape[:-2], width)
-        return matmul(out, out_kernel.reshape(width, width), self.dtype) + out_bias
+        return matmul(out, out_kernel.reshape(width, width), query_dtype) + out_bias
 
 
 class DepthwiseConv3D(nn.Module):

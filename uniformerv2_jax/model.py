@@ -121,10 +121,12 @@ class GlobalUniBlock(nn.Module):
         tokens = add_to_patches(tokens, DepthwiseConv3D((3, 3, 3), name="dpe"))
         tokens = nn.with_logical_constraint(
             tokens.reshape(n, t * length, c), ("batch", "tokens", "embed"))
-        y = Attention(self.num_heads, self.dtype, zero_init_out=True, name="attn")(
-            layer_norm("ln_1")(query), layer_norm("ln_3")(tokens))
+        # Query-side matmuls see one token per clip: float32 costs nothing there, while
+        # bfloat16 would cost a cast of their weights on every call.
+        y = Attention(self.num_heads, self.dtype, zero_init_out=True, query_dtype=jnp.float32,
+                      name="attn")(layer_norm("ln_1")(query), layer_norm("ln_3")(tokens))
         query = query + drop_path(self, y, drop_path_rate, train)
-        y = MLP(round(self.mlp_factor * c), self.dtype, zero_init_out=True, name="mlp")(
+        y = MLP(round(self.mlp_factor * c), jnp.float32, zero_init_out=True, name="mlp")(
             layer_norm("ln_2")(query), mlp_dropout, train)
         return query + drop_path(self, y, drop_path_rate, train)
 
@@ -350,6 +352,6 @@ class UniFormerV2(nn.Module):
             feature = (1 - w) * query[:, 0] + w * x[:, :, 0].mean(axis=1)
         self.sow("intermediates", "head_input", feature)
         feature = drop(self, layer_norm("head_norm")(feature), self.cls_dropout, train)
-        return Dense((self.num_classes,), ("embed", "classes"), self.dtype,
+        return Dense((self.num_classes,), ("embed", "classes"), jnp.float32,  # one row per clip
                      kernel_init=torch_default_uniform(self.n_dim),
                      bias_init=torch_default_uniform(self.n_dim), name="head")(feature)
