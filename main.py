@@ -59,10 +59,7 @@ def convert() -> None:
     if kind == "official":
         model, variables = from_official(FLAGS.src, config=FLAGS.model_config, **kwargs)
     elif kind == "clip":
-        if FLAGS.model_config:
-            from uniformerv2_jax.presets import read_official_config
-            kwargs = {**read_official_config(FLAGS.model_config), **kwargs}
-        model, variables = from_clip(FLAGS.src, **kwargs)
+        model, variables = from_clip(FLAGS.src, config=FLAGS.model_config, **kwargs)
     else:
         model, variables = load_converted(FLAGS.src)
     if FLAGS.head_map:

@@ -157,3 +157,11 @@ def test_incomplete_or_foreign_clip_weights_list_the_keys(tmp_path, golden):
     save_file({"text.weight": np.zeros(2, np.float32)}, str(tmp_path / "text.safetensors"))
     with pytest.raises(ValueError, match="no CLIP vision tower found"):
         from_clip(tmp_path / "text.safetensors")
+
+
+def test_options_can_come_from_a_config_file(tmp_path, golden):
+    (tmp_path / "args.json").write_text('{"no_lmhra": false, "num_classes": 3, "t_size": 2}')
+    model, variables = from_clip(golden / "clip_tiny.safetensors", config=tmp_path / "args.json",
+                                 num_classes=5)
+    assert not model.no_lmhra and model.num_classes == 5 and model.t_size == 2
+    assert variables["params"]["head"]["kernel"].shape == (64, 5)

@@ -201,3 +201,28 @@ def test_wrong_input_size_names_the_resolution(tiny):
     model, variables, _ = tiny
     with pytest.raises(ValueError, match="input_resolution"):
         model.apply(variables, np.zeros((1, 4, 48, 48, 3), np.float32))
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_logical_axes_shard_over_a_device_mesh(scan):
+    """Rules alone place the model on a (data, fsdp, tensor) mesh; logits are unchanged."""
+    from jax.sharding import AxisType, NamedSharding, PartitionSpec
+    assert jax.device_count() == 8, "conftest asks XLA for 8 host devices"
+    mesh = jax.make_mesh((2, 2, 2), ("data", "fsdp", "tensor"), axis_types=(AxisType.Auto,) * 3)
+    rules = [("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", "tensor"),
+             ("heads", "tensor"), ("kv", None), ("reduced", None), ("classes", None),
+             ("layers", None), ("frames", None), ("tokens", None)]
+    model = UniFormerV2(**tiny_fields(scan=scan))
+    video = random_video(model, batch=4)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        abstract = jax.eval_shape(model.init, jax.random.key(0), video)
+        shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract), mesh, rules)
+        variables = nn.unbox(jax.jit(model.init, out_shardings=shardings)(jax.random.key(0), video))
+        batch = jax.device_put(video, NamedSharding(mesh, PartitionSpec(("data", "fsdp"))))
+        logits = jax.jit(model.apply)(variables, batch)
+    c_fc = variables["params"]["layers_0_1" if scan else "layer_0"]["block"]["mlp"]["c_fc"]["kernel"]
+    expected_spec = (None, "fsdp", "tensor") if scan else ("fsdp", "tensor")
+    assert c_fc.sharding.spec == PartitionSpec(*expected_spec)
+    assert len(c_fc.addressable_shards) == 8 and c_fc.addressable_shards[0].data.size == c_fc.size // 4
+    reference = jax.jit(model.apply)(jax.device_get(variables), video)
+    np.testing.assert_allclose(logits, reference, atol=1e-5)

@@ -25,7 +25,7 @@ import numpy as np
 from uniformerv2_jax.convert.io import read_state_dict
 from uniformerv2_jax.convert.mapping import abstract_variables, apply_rules, official_rules, stack_layers
 from uniformerv2_jax.model import UniFormerV2
-from uniformerv2_jax.presets import log_assumed_heads, model_from_official_kwargs
+from uniformerv2_jax.presets import log_assumed_heads, model_from_official_kwargs, read_official_config
 
 # CLIP parts the video model does not use (documented skips).
 UNUSED_VISUAL = ("ln_post.weight", "ln_post.bias", "proj")
@@ -162,7 +162,7 @@ def resize_positional_embedding(pos: np.ndarray, grid: int) -> np.ndarray:
     return np.concatenate([pos[:1], resized.astype(pos.dtype)])
 
 
-def from_clip(path: str | os.PathLike, seed: int = 0,
+def from_clip(path: str | os.PathLike, config: str | os.PathLike | None = None, seed: int = 0,
               **official_kwargs: Any) -> tuple[UniFormerV2, dict]:
     """A UniFormerV2 whose backbone holds the CLIP weights at ``path``.
 
@@ -171,12 +171,15 @@ def from_clip(path: str | os.PathLike, seed: int = 0,
     ``width // 64``, as OpenAI's CLIP builder derives it.
 
     ``official_kwargs`` are official constructor arguments (``no_lmhra``,
-    ``temporal_downsample``, ``num_classes``, ``input_resolution``, ...); the backbone
-    size comes from the weights and must not contradict them. Modules CLIP lacks keep
+    ``temporal_downsample``, ``num_classes``, ``input_resolution``, ...), on top of those
+    in ``config`` (a JSON file or the official YAML); the backbone size comes from the
+    weights and must not contradict them. Modules CLIP lacks keep
     their initialisation from ``seed`` (zero-initialised outputs: the new model computes
     CLIP per frame). Returns ``(model, variables)``.
     """
     source = os.fspath(path)
+    if config is not None:
+        official_kwargs = {**read_official_config(config), **official_kwargs}
     found: dict[str, Any] = {}
     if os.path.isdir(source):
         path, found = _hugging_face_dir(source)
