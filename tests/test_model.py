@@ -95,9 +95,12 @@ def test_jit_matches_eager_and_gradients_are_finite(tiny, tiny_reference):
     assert all(float(jnp.abs(g).max()) > 0 for g in leaves)
 
 
-def test_dropout_and_drop_path_act_only_in_training(tiny):
+@pytest.mark.parametrize("scan", [False, True])
+def test_dropout_and_drop_path_act_only_in_training(tiny, scan):
     model, variables, video = tiny
-    model = model.clone(backbone_drop_path_rate=0.3, drop_path_rate=0.3)
+    if scan:
+        variables = stack_layers(model, variables)
+    model = model.clone(backbone_drop_path_rate=0.3, drop_path_rate=0.3, scan=scan)
     apply = jax.jit(model.apply, static_argnames=("train", "mutable"))
     np.testing.assert_array_equal(apply(variables, video), apply(variables, video))
 
@@ -226,3 +229,23 @@ def test_logical_axes_shard_over_a_device_mesh(scan):
     assert len(c_fc.addressable_shards) == 8 and c_fc.addressable_shards[0].data.size == c_fc.size // 4
     reference = jax.jit(model.apply)(jax.device_get(variables), video)
     np.testing.assert_allclose(logits, reference, atol=1e-5)
+
+
+def test_training_mode_batch_stats_agree_between_loop_and_scan_remat(tiny):
+    """Train-mode logits and BatchNorm updates survive nn.scan + nn.remat unchanged."""
+    model, variables, video = tiny
+    model = model.clone(mlp_dropout=0.0, cls_dropout=0.0)  # deterministic training pass
+    other = model.clone(scan=True, remat=True)
+
+    def train_step(m, v):
+        fn = jax.jit(lambda v: m.apply(v, video, train=True, mutable=["batch_stats"]))
+        return fn(v)
+
+    logits, updated = train_step(model, variables)
+    other_logits, other_updated = train_step(other, stack_layers(model, variables))
+    np.testing.assert_allclose(other_logits, logits, atol=1e-5)
+    expected = stack_layers(model, {"batch_stats": updated["batch_stats"]})["batch_stats"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+                 other_updated["batch_stats"], expected)
+    assert not np.allclose(updated["batch_stats"]["layer_0"]["block"]["lmhra1"]["norm"]["mean"],
+                           variables["batch_stats"]["layer_0"]["block"]["lmhra1"]["norm"]["mean"])

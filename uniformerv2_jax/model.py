@@ -147,10 +147,14 @@ class UniLayer(nn.Module):
     mlp_factor: float
     frozen: bool
     dtype: Dtype = jnp.float32
+    # Which rates are non-zero anywhere in the run: under nn.scan rates are traced, and a
+    # rate that is zero in every layer is dropped statically (no RNG, no masks).
+    active: tuple[bool, bool, bool] = (True, True, True)
 
     @nn.compact
     def __call__(self, carry, rates, train: bool = False):
         x, query = carry
+        rates = [rate if on else 0.0 for rate, on in zip(rates, self.active)]
         x = LocalUniBlock(self.num_heads, self.lmhra, self.double_lmhra, self.dw_reduction,
                           self.dtype, name="block")(x, rates[0], train)
         self.sow("intermediates", "block_out", x)
@@ -301,7 +305,8 @@ class UniFormerV2(nn.Module):
         x = jnp.concatenate([jnp.broadcast_to(cls, (n, t, 1, c)), x], axis=2) + pos
         return layer_norm("ln_pre")(x)
 
-    def layer(self, tapped: bool, name: str, **scan_kwargs) -> nn.Module:
+    def layer(self, tapped: bool, name: str, rates: Sequence[Sequence[float]],
+              **scan_kwargs) -> nn.Module:
         """The UniLayer module (scanned over a run of layers when ``scan_kwargs``)."""
         cls = UniLayer
         if self.remat:
@@ -314,8 +319,10 @@ class UniFormerV2(nn.Module):
                 in_axes=(0, nn.broadcast),
                 metadata_params={nn.PARTITION_NAME: "layers"},
                 **scan_kwargs)
+        active = tuple(any(r[k] > 0 for r in rates) for k in range(3))
         return cls(self.heads, not self.no_lmhra, self.double_lmhra, self.dw_reduction,
-                   tapped, self.n_head, self.mlp_factor, self.frozen, self.dtype, name=name)
+                   tapped, self.n_head, self.mlp_factor, self.frozen, self.dtype, active,
+                   name=name)
 
     @nn.compact
     def __call__(self, video: Array, train: bool = False) -> Array:
@@ -336,11 +343,13 @@ class UniFormerV2(nn.Module):
         carry = (x, query)
         if self.scan:
             for start, stop, tapped in layer_runs(self.layers, self.return_list):
-                layer = self.layer(tapped, f"layers_{start}_{stop}", length=stop - start)
-                carry, _ = layer(carry, jnp.asarray(rates[start:stop]), train)
+                run = rates[start:stop]
+                layer = self.layer(tapped, f"layers_{start}_{stop}", run, length=stop - start)
+                carry, _ = layer(carry, jnp.asarray(run), train)
         else:
             for i in range(self.layers):
-                carry, _ = self.layer(i in self.return_list, f"layer_{i}")(carry, rates[i], train)
+                layer = self.layer(i in self.return_list, f"layer_{i}", rates[i:i + 1])
+                carry, _ = layer(carry, rates[i], train)
         x, query = carry
 
         if self.frozen:
