@@ -1,0 +1,1 @@
+"""The video input pipeline: DMVR-format TFRecords, official sampling and augmentation."""

@@ -1,0 +1,94 @@
+"""The DMVR record format: one ``tf.train.SequenceExample`` per clip.
+
+Byte-compatible with DMVR's generator (``examples/generate_from_file.py``) and readers:
+one JPEG per frame in the sequence feature list ``image/encoded``; context features
+``clip/label/index`` (int64), ``clip/label/text`` (bytes), ``video/filename`` (bytes),
+``clip/start/timestamp`` and ``clip/end/timestamp`` (int64, microseconds). We also write
+``image/frame_rate`` (float, MediaSequence's key), which DMVR omits. The reader accepts
+MediaSequence's ``clip/label/string`` for the label text as well.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+FRAMES = "image/encoded"
+LABEL_INDEX = "clip/label/index"
+LABEL_TEXT = "clip/label/text"
+LABEL_STRING = "clip/label/string"  # MediaSequence's name for the label text
+FILENAME = "video/filename"
+START = "clip/start/timestamp"
+END = "clip/end/timestamp"
+FRAME_RATE = "image/frame_rate"
+
+
+def shard_name(basename: str, index: int, num_shards: int) -> str:
+    """``name-00000-of-00128.tfrecord``."""
+    return f"{basename}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def encode_clip(jpeg_frames: Sequence[bytes], label_index: int | Sequence[int],
+                label_text: str = "", filename: str = "", start_us: int = 0, end_us: int = 0,
+                frame_rate: float | None = None) -> bytes:
+    """A serialised SequenceExample for one clip; ``jpeg_frames`` are encoded JPEGs."""
+    labels = [label_index] if isinstance(label_index, int) else list(label_index)
+    context = {
+        LABEL_INDEX: tf.train.Feature(int64_list=tf.train.Int64List(value=labels)),
+        LABEL_TEXT: tf.train.Feature(bytes_list=tf.train.BytesList(value=[label_text.encode()])),
+        FILENAME: tf.train.Feature(bytes_list=tf.train.BytesList(value=[filename.encode()])),
+        START: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(start_us)])),
+        END: tf.train.Feature(int64_list=tf.train.Int64List(value=[int(end_us)])),
+    }
+    if frame_rate is not None:
+        context[FRAME_RATE] = tf.train.Feature(float_list=tf.train.FloatList(value=[frame_rate]))
+    frames = tf.train.FeatureList(feature=[
+        tf.train.Feature(bytes_list=tf.train.BytesList(value=[jpeg])) for jpeg in jpeg_frames])
+    example = tf.train.SequenceExample(
+        context=tf.train.Features(feature=context),
+        feature_lists=tf.train.FeatureLists(feature_list={FRAMES: frames}))
+    return example.SerializeToString()
+
+
+_CONTEXT_SPEC = {
+    LABEL_INDEX: tf.io.VarLenFeature(tf.int64),
+    LABEL_TEXT: tf.io.VarLenFeature(tf.string),
+    LABEL_STRING: tf.io.VarLenFeature(tf.string),
+    FILENAME: tf.io.VarLenFeature(tf.string),
+    START: tf.io.VarLenFeature(tf.int64),
+    END: tf.io.VarLenFeature(tf.int64),
+    FRAME_RATE: tf.io.VarLenFeature(tf.float32),
+}
+# One string per frame: a record that packs several JPEGs into one Feature fails here.
+_SEQUENCE_SPEC = {FRAMES: tf.io.FixedLenSequenceFeature((), tf.string)}
+
+
+def _first(sparse: tf.sparse.SparseTensor, default):
+    dense = tf.sparse.to_dense(sparse)
+    return tf.cond(tf.size(dense) > 0, lambda: dense[0], lambda: tf.constant(default, dense.dtype))
+
+
+def parse_clip(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+    """A serialised record -> its fields (graph-mode, for ``tf.data``).
+
+    Returns ``frames`` (T,) JPEG strings, ``label`` the first class index (-1 if none),
+    ``labels`` all of them (multi-label), ``label_text`` (from ``clip/label/text`` or
+    ``clip/label/string``), ``filename``, ``start_us``, ``end_us``, ``frame_rate``
+    (0 when not recorded).
+    """
+    context, sequence = tf.io.parse_single_sequence_example(
+        serialized, context_features=_CONTEXT_SPEC, sequence_features=_SEQUENCE_SPEC)
+    labels = tf.sparse.to_dense(context[LABEL_INDEX])
+    text = tf.sparse.to_dense(context[LABEL_TEXT])
+    text = tf.cond(tf.size(text) > 0, lambda: text, lambda: tf.sparse.to_dense(context[LABEL_STRING]))
+    return {
+        "frames": sequence[FRAMES],
+        "label": tf.cond(tf.size(labels) > 0, lambda: labels[0], lambda: tf.constant(-1, tf.int64)),
+        "labels": labels,
+        "label_text": tf.cond(tf.size(text) > 0, lambda: text[0], lambda: tf.constant(b"")),
+        "filename": _first(context[FILENAME], b""),
+        "start_us": _first(context[START], 0),
+        "end_us": _first(context[END], 0),
+        "frame_rate": _first(context[FRAME_RATE], 0.0),
+    }
