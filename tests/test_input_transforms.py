@@ -1,0 +1,82 @@
+"""Video transforms: geometry against the official rules, one set of parameters per clip."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from uniformerv2_jax.input import transforms
+
+
+def ramp_clip(frames=3, h=40, w=60):
+    """Frame t, pixel (y, x) holds (t, y, x): crops can be read off the values."""
+    t, y, x = np.meshgrid(np.arange(frames), np.arange(h), np.arange(w), indexing="ij")
+    return tf.constant(np.stack([t, y, x], -1).astype(np.float32))
+
+
+@pytest.mark.parametrize("h, w, expected", [(240, 320, (224, 298)), (320, 240, (298, 224)),
+                                            (224, 224, (224, 224)), (101, 50, (452, 224))])
+def test_resize_short_side_uses_the_floor_rule(h, w, expected):
+    video = tf.zeros((2, h, w, 3), tf.uint8)
+    out = transforms.resize_short_side(video, 224)
+    assert tuple(out.shape[1:3]) == expected and out.dtype == tf.uint8
+
+
+@pytest.mark.parametrize("h, w", [(40, 60), (60, 40)])
+def test_three_crops_follow_slowfast_uniform_crop(h, w):
+    size = 40  # the short side
+    video = ramp_clip(h=h, w=w)
+    for index in range(3):
+        crop = transforms.spatial_crop(video, size, index).numpy()
+        # Reference: SlowFast uniform_crop offsets.
+        y = int(math.ceil((h - size) / 2))
+        x = int(math.ceil((w - size) / 2))
+        if h > w:
+            y = {0: 0, 1: y, 2: h - size}[index]
+        else:
+            x = {0: 0, 1: x, 2: w - size}[index]
+        assert crop.shape == (3, size, size, 3)
+        assert crop[0, 0, 0, 1] == y and crop[0, 0, 0, 2] == x
+
+
+def test_random_resized_crop_is_one_box_for_the_whole_clip():
+    video = ramp_clip(frames=4)
+    for s in range(20):
+        out = transforms.random_resized_crop(video, 16, tf.constant([s, 7]), method="bilinear")
+        assert out.shape == (4, 16, 16, 3)
+        out = out.numpy()
+        # Same box in every frame: only the time channel differs between frames.
+        for t in range(4):
+            np.testing.assert_allclose(out[t, ..., 0], t, atol=1e-4)
+            np.testing.assert_allclose(out[t, ..., 1:], out[0, ..., 1:], atol=1e-4)
+
+
+def test_crop_area_and_aspect_stay_in_range():
+    video = tf.zeros((1, 200, 200, 3))
+    areas = []
+    for s in range(200):
+        begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+            [200, 200, 3], tf.zeros([1, 0, 4]), seed=[s, 0], area_range=(0.08, 1.0),
+            aspect_ratio_range=(3 / 4, 4 / 3), max_attempts=10, use_image_if_no_bounding_boxes=True,
+            min_object_covered=0.0)
+        areas.append(int(size[0]) * int(size[1]) / 200**2)
+    assert 0.07 <= min(areas) and max(areas) <= 1.0 and np.std(areas) > 0.1
+    assert transforms.random_resized_crop(video, 8, tf.constant([1, 1])).shape == (1, 8, 8, 3)
+
+
+def test_flip_mirrors_every_frame_or_none():
+    video = ramp_clip(frames=3)
+    flips = set()
+    for s in range(20):
+        out = transforms.random_flip(video, tf.constant([s, 3])).numpy()
+        flipped = out[:, 0, 0, 2] == 59
+        assert flipped.all() or not flipped.any()
+        flips.add(bool(flipped[0]))
+    assert flips == {True, False}
+
+
+def test_normalize_matches_the_official_constants():
+    video = tf.constant([[[[0, 114, 255]]]], tf.uint8)
+    out = transforms.normalize(video).numpy().ravel()
+    np.testing.assert_allclose(out, (np.array([0, 114, 255]) / 255 - 0.45) / 0.225, atol=1e-6)
