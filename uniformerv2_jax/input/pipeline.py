@@ -1,0 +1,136 @@
+"""tf.data pipelines over DMVR-format TFRecords: training clips and multi-view eval.
+
+Data flow: this host's files -> interleaved records -> shuffle of the SERIALISED records
+(decoded frames in a shuffle buffer would exhaust host RAM) -> parse -> sample frame
+indices -> decode only those JPEGs -> augment -> batch. Randomness is stateless and keyed
+by (seed, record position), so a pipeline is deterministic given its seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import tensorflow as tf
+
+from uniformerv2_jax.input import records, sampling, transforms
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def host_shard(files: Sequence[str], process_index: int, process_count: int
+               ) -> tuple[list[str], bool]:
+    """This host's files, and whether records must be split instead.
+
+    Files are dealt round-robin. With fewer files than hosts every host reads all files
+    and keeps every ``process_count``-th record (slower, but never a host without data).
+    """
+    files = sorted(files)
+    if not files:
+        raise FileNotFoundError("no input files")
+    if len(files) >= process_count:
+        return files[process_index::process_count], False
+    logging.warning("%d files for %d hosts: splitting by record; write at least one file per "
+                    "host for faster reading", len(files), process_count)
+    return files, True
+
+
+def _records(files, process_index, process_count, shuffle_seed=None):
+    files, by_record = host_shard(files, process_index, process_count)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
+                       num_parallel_calls=AUTOTUNE, deterministic=True)
+    if by_record:
+        ds = ds.shard(process_count, process_index)
+    return ds
+
+
+def decode_frames(jpegs: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+    """Decodes only the chosen frames: (N,) JPEG strings, (T,) indices -> (T, H, W, 3) uint8."""
+    return tf.map_fn(lambda j: tf.io.decode_jpeg(j, channels=3), tf.gather(jpegs, indices),
+                     fn_output_signature=tf.uint8)
+
+
+def train_dataset(files: Sequence[str], *, batch_size: int, clip_frames: int, crop_size: int,
+                  seed: int, flip: bool = True, area: Sequence[float] = (0.08, 1.0),
+                  ratio: Sequence[float] = (3 / 4, 4 / 3), dense_stride: int | None = None,
+                  mean: Sequence[float] = transforms.UNIFORMERV2_MEAN,
+                  std: Sequence[float] = transforms.UNIFORMERV2_STD,
+                  shuffle_buffer: int = 1024, process_index: int = 0, process_count: int = 1,
+                  dtype: tf.DType = tf.float32) -> tf.data.Dataset:
+    """Endless training batches ``{'video': (B, T, S, S, 3), 'label': (B,)}`` for this host.
+
+    Sparse (TSN) sampling by default; ``dense_stride`` selects dense sampling with that
+    frame stride. ``flip`` must be off for direction-dependent labels (Something-Something).
+    """
+    ds = _records(files, process_index, process_count, shuffle_seed=seed)
+    ds = ds.repeat().shuffle(shuffle_buffer, seed=seed).enumerate()
+
+    def load(position, serialized):
+        seeds = tf.random.experimental.stateless_split(
+            tf.stack([tf.constant(seed, tf.int64), position]), 4)
+        clip = records.parse_clip(serialized)
+        n = tf.shape(clip["frames"])[0]
+        if dense_stride is None:
+            indices = sampling.sparse_train_indices(n, clip_frames, seeds[0])
+        else:
+            offset = sampling.dense_train_offset(n, clip_frames, dense_stride, seeds[0])
+            indices = sampling.dense_indices(n, clip_frames, dense_stride, offset)
+        video = transforms.random_resized_crop(decode_frames(clip["frames"], indices),
+                                               crop_size, seeds[1], area, ratio)
+        if flip:
+            video = transforms.random_flip(video, seeds[2])
+        video = tf.ensure_shape(transforms.normalize(video, mean, std),
+                                (clip_frames, crop_size, crop_size, 3))
+        return {"video": tf.cast(video, dtype), "label": tf.cast(clip["label"], tf.int32)}
+
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+
+
+def eval_dataset(files: Sequence[str], *, batch_size: int, clip_frames: int, crop_size: int,
+                 num_clips: int = 4, num_crops: int = 3, dense_stride: int | None = None,
+                 mean: Sequence[float] = transforms.UNIFORMERV2_MEAN,
+                 std: Sequence[float] = transforms.UNIFORMERV2_STD,
+                 process_index: int = 0, process_count: int = 1,
+                 dtype: tf.DType = tf.float32) -> tf.data.Dataset:
+    """One pass over this host's videos, each as ``num_clips x num_crops`` views.
+
+    Batches: ``video`` (B, V, T, S, S, 3) with V = clips x crops (clip-major), ``label``
+    (B,), ``mask`` (B,) — the last batch is padded with masked copies so that no video is
+    dropped or counted twice.
+    """
+    ds = _records(files, process_index, process_count)
+
+    def load(serialized):
+        clip = records.parse_clip(serialized)
+        n = tf.shape(clip["frames"])[0]
+        views = []
+        for c in range(num_clips):
+            if dense_stride is None:
+                indices = sampling.sparse_test_indices(n, clip_frames, c, num_clips)
+            else:
+                offsets = sampling.dense_test_offsets(n, clip_frames, dense_stride, num_clips)
+                indices = sampling.dense_indices(n, clip_frames, dense_stride, offsets[c])
+            video = transforms.resize_short_side(decode_frames(clip["frames"], indices), crop_size)
+            crops = [1] if num_crops == 1 else range(num_crops)
+            views += [transforms.spatial_crop(video, crop_size, k) for k in crops]
+        video = tf.ensure_shape(transforms.normalize(tf.stack(views), mean, std),
+                                (len(views), clip_frames, crop_size, crop_size, 3))
+        return {"video": tf.cast(video, dtype), "label": tf.cast(clip["label"], tf.int32),
+                "mask": tf.constant(True)}
+
+    ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return _pad_last_batch(ds, batch_size).prefetch(AUTOTUNE)
+
+
+def _pad_last_batch(ds: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    """Batches of exactly ``batch_size``; the last one filled with masked zero examples."""
+    padding = tf.data.Dataset.from_tensors(
+        tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
+    ).repeat(batch_size - 1)
+    batched = ds.concatenate(padding).batch(batch_size, drop_remainder=True)
+    # Padding-only batches (when the real count is a multiple of B) are dropped.
+    return batched.filter(lambda b: tf.reduce_any(b["mask"]))
