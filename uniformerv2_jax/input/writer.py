@@ -1,0 +1,206 @@
+"""Raw videos -> sharded DMVR-format TFRecords.
+
+Videos are decoded with PyAV, resampled to ``fps`` (DMVR's generator uses 10), resized so
+the short side is ``short_side`` (256), JPEG-encoded one record per clip, and dealt
+round-robin into ``name-00000-of-00128.tfrecord`` shards. Shards are written by worker
+processes, each to a temporary file renamed into place when complete, so a rerun keeps
+finished shards (resumable). Videos that fail to decode are skipped, counted and listed in
+``name-failures.json``; the run goes on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoEntry:
+    """One clip to write: a file, its class, and optionally a time window (seconds)."""
+    path: str
+    label: int
+    label_text: str
+    start: float | None = None
+    end: float | None = None
+
+
+def read_video(path: str, fps: float = 10.0, short_side: int = 256,
+               start: float | None = None, end: float | None = None) -> np.ndarray:
+    """Decodes ``path`` -> (T, H, W, 3) uint8 at ``fps``, short side ``short_side``.
+
+    Frame k is the last decoded frame at or before ``start + k / fps``.
+    """
+    import av
+
+    with av.open(path) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        frames, times = [], []
+        for frame in container.decode(stream):
+            t = float(frame.time) if frame.time is not None else len(times) / float(stream.average_rate or fps)
+            if end is not None and t > end:
+                break
+            if start is not None and t < start:  # keep only the last frame before the window
+                frames, times = [], []
+            h, w = frame.height, frame.width
+            scale = short_side / min(h, w)
+            size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
+            frames.append(frame.to_ndarray(format="rgb24", width=size[0], height=size[1]))
+            times.append(t)
+    if not frames:
+        raise ValueError("no decodable frames")
+    times = np.asarray(times)
+    first = times[0] if start is None else max(start, times[0])
+    last = times[-1] if end is None else min(end, times[-1])
+    targets = first + np.arange(int(np.floor((last - first) * fps + 1e-6)) + 1) / fps
+    picks = np.clip(np.searchsorted(times, targets + 1e-6, side="right") - 1, 0, len(frames) - 1)
+    return np.stack([frames[i] for i in picks])
+
+
+def _write_shard(entries: Sequence[VideoEntry], path: str, fps: float, short_side: int,
+                 quality: int) -> list[dict]:
+    """Writes one shard (atomically); returns the failures."""
+    import tensorflow as tf
+
+    from uniformerv2_jax.input import records
+
+    failures = []
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tf.io.TFRecordWriter(tmp) as writer:
+        for entry in entries:
+            try:
+                video = read_video(entry.path, fps, short_side, entry.start, entry.end)
+                jpegs = [tf.io.encode_jpeg(frame, quality=quality).numpy() for frame in video]
+            except Exception as e:  # noqa: BLE001 -- any decoder failure skips the video
+                failures.append({"path": entry.path, "error": f"{type(e).__name__}: {e}"})
+                continue
+            start_us = int(1e6 * (entry.start or 0.0))
+            end_us = int(1e6 * entry.end) if entry.end is not None else start_us + int(1e6 * len(jpegs) / fps)
+            writer.write(records.encode_clip(jpegs, entry.label, entry.label_text, entry.path,
+                                             start_us, end_us, fps))
+    os.replace(tmp, path)
+    return failures
+
+
+def write_records(entries: Sequence[VideoEntry], output_dir: str | os.PathLike, name: str,
+                  num_shards: int, fps: float = 10.0, short_side: int = 256, quality: int = 90,
+                  workers: int | None = None, progress: bool = True) -> dict:
+    """Writes all shards that do not exist yet; returns a report of what happened.
+
+    ``workers`` processes write shards in parallel (default: one per core; 0 writes in
+    this process).
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if num_shards < 1:
+        raise ValueError(f"num_shards={num_shards} must be positive")
+    from uniformerv2_jax.input.records import shard_name
+
+    paths = [str(output_dir / shard_name(name, i, num_shards)) for i in range(num_shards)]
+    todo = [i for i, p in enumerate(paths) if not os.path.exists(p)]
+    failures_file = output_dir / f"{name}-failures.json"
+    failures = json.loads(failures_file.read_text()) if failures_file.exists() else []
+    if workers is None:
+        workers = min(os.cpu_count() or 1, len(todo))
+    jobs = [(entries[i::num_shards], paths[i], fps, short_side, quality) for i in todo]
+    bar = _progress(len(todo), f"writing {name}", progress)
+    if workers == 0 or len(jobs) <= 1:  # in this process
+        for job in jobs:
+            failures += _write_shard(*job)
+            bar.update(1)
+    else:
+        context = multiprocessing.get_context("spawn")  # TF and fork do not mix
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            for future in concurrent.futures.as_completed([pool.submit(_write_shard, *j) for j in jobs]):
+                failures += future.result()
+                bar.update(1)
+    bar.close()
+    failures_file.write_text(json.dumps(failures, indent=1))
+    if failures:
+        logging.warning("%d videos failed to decode and were skipped; see %s",
+                        len(failures), failures_file)
+    return {"shards": paths, "written": len(todo), "kept": num_shards - len(todo),
+            "videos": len(entries), "failed": len(failures), "failures_file": str(failures_file)}
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="shard", disable=not enabled)
+
+
+def folder_entries(root: str | os.PathLike, class_names: Sequence[str] | None = None
+                   ) -> tuple[list[VideoEntry], list[str]]:
+    """A folder-per-class tree ``root/<class>/<video>`` -> entries and the class list."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"video folder not found: {root}")
+    names = list(class_names) if class_names else sorted(p.name for p in root.iterdir() if p.is_dir())
+    entries = []
+    for label, name in enumerate(names):
+        for video in sorted((root / name).glob("*")):
+            if video.suffix.lower() in VIDEO_SUFFIXES:
+                entries.append(VideoEntry(str(video), label, name))
+    return entries, names
+
+
+def csv_entries(csv_path: str | os.PathLike, video_root: str | os.PathLike,
+                class_names: Sequence[str]) -> list[VideoEntry]:
+    """``path,label`` rows, or Kinetics ``youtube_id,time_start,time_end,label,split`` rows.
+
+    Kinetics clips are looked up as ``<video_root>/<youtube_id>_<start:06d>_<end:06d>.*``
+    (the usual download layout); ``label`` may be a class name or an index.
+    """
+    import csv
+
+    index = {name: i for i, name in enumerate(class_names)}
+    root = Path(video_root)
+    entries = []
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for line, row in enumerate(rows, start=2):
+        label = row.get("label", "").strip()
+        if label not in index and not label.isdigit():
+            raise ValueError(f"{csv_path}:{line}: unknown class {label!r}")
+        label_id = index[label] if label in index else int(label)
+        if not 0 <= label_id < len(class_names):
+            raise ValueError(f"{csv_path}:{line}: label {label_id} outside [0, {len(class_names)})")
+        if "youtube_id" in row:
+            start, end = int(float(row["time_start"])), int(float(row["time_end"]))
+            stem = f"{row['youtube_id']}_{start:06d}_{end:06d}"
+            found = sorted(root.glob(stem + ".*"))
+            path = str(found[0]) if found else str(root / f"{stem}.mp4")
+        elif "path" in row:
+            path = str(root / row["path"])
+        else:
+            raise ValueError(f"{csv_path}: expected columns 'path,label' or "
+                             "'youtube_id,time_start,time_end,label,split'")
+        entries.append(VideoEntry(path, label_id, class_names[label_id]))
+    return entries
+
+
+def something_something_entries(list_json: str | os.PathLike, labels_json: str | os.PathLike,
+                                video_root: str | os.PathLike) -> list[VideoEntry]:
+    """Something-Something lists (``[{"id", "template"}, ...]`` + ``{name: index}``) -> entries.
+
+    Videos are ``<video_root>/<id>.webm``.
+    """
+    labels = json.loads(Path(labels_json).read_text())
+    entries = []
+    for item in json.loads(Path(list_json).read_text()):
+        name = item["template"].replace("[", "").replace("]", "")
+        if name not in labels:
+            raise ValueError(f"{list_json}: video {item['id']}: template {name!r} not in {labels_json}")
+        entries.append(VideoEntry(str(Path(video_root) / f"{item['id']}.webm"), int(labels[name]), name))
+    return entries
