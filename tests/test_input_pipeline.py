@@ -59,9 +59,9 @@ def test_train_batches_are_deterministic_given_the_seed(shards):
     assert all(np.diff(ids) > 0)
 
 
-def labels_seen(ds):
+def labels_seen(batches):
     seen = []
-    for batch in ds:
+    for batch in batches:
         seen += batch["label"].numpy()[batch["mask"].numpy()].tolist()
     return seen
 
@@ -88,3 +88,52 @@ def test_hosts_read_disjoint_files_covering_all():
     assert pipeline.host_shard(files[:1], 1, 2) == (["f0"], True)
     with pytest.raises(FileNotFoundError):
         pipeline.host_shard([], 0, 1)
+
+
+def bad_records_shard(directory):
+    """One good clip (label 1) among every kind of bad record, then a truncated file."""
+    good = [tf.io.encode_jpeg(tf.fill((20, 20, 3), tf.constant(10 * i, tf.uint8))).numpy()
+            for i in range(6)]
+    no_label = tf.train.SequenceExample()
+    for jpeg in good:
+        no_label.feature_lists.feature_list["image/encoded"].feature.add().bytes_list.value[:] = [jpeg]
+    clips = [
+        records.encode_clip(good, 1, "good", "good.mp4"),
+        records.encode_clip([], 2, "empty", "empty.mp4"),
+        records.encode_clip(good, 50, "out of range", "range.mp4"),
+        records.encode_clip(good[:3] + [good[3][: len(good[3]) // 2]] + good[4:], 3, "", "cut.mp4"),
+        records.encode_clip(good[:2] + [b"not a jpeg"], 4, "", "garbage.mp4"),
+        no_label.SerializeToString(),
+    ]
+    path = directory / "bad-00000-of-00002.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for clip in clips:
+            writer.write(clip)
+    truncated = directory / "bad-00001-of-00002.tfrecord"
+    with tf.io.TFRecordWriter(str(truncated)) as writer:
+        writer.write(records.encode_clip(good, 5, "lost", "lost.mp4"))
+    truncated.write_bytes(truncated.read_bytes()[:-40])
+    return [str(path), str(truncated)]
+
+
+def test_bad_records_are_skipped_and_counted(tmp_path):
+    files = bad_records_shard(tmp_path)
+    ds = pipeline.eval_dataset(files, batch_size=4, clip_frames=4, crop_size=20, num_clips=1,
+                               num_crops=1, num_classes=10)
+    batches = list(ds)
+    assert labels_seen(batches) == [1]
+    assert sum(int(b["bad"].numpy().sum()) for b in batches) == 5
+    train = pipeline.train_dataset(files, batch_size=2, clip_frames=4, crop_size=16, seed=0,
+                                   num_classes=10, shuffle_buffer=4)
+    batch = next(iter(train))
+    assert batch["label"].numpy().tolist() == [1, 1]
+
+
+def test_bad_records_can_stop_the_run_naming_the_shard(tmp_path):
+    files = bad_records_shard(tmp_path)[:1]
+    ds = pipeline.eval_dataset(files, batch_size=4, clip_frames=4, crop_size=20, num_clips=1,
+                               num_crops=1, num_classes=10, on_bad_record="raise")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="bad record in.*bad-00000-of-00002.*empty.mp4"):
+        list(ds)
+    with pytest.raises(ValueError, match="on_bad_record"):
+        pipeline.eval_dataset(files, batch_size=1, clip_frames=4, crop_size=20, on_bad_record="drop")

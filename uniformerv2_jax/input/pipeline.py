@@ -35,16 +35,52 @@ def host_shard(files: Sequence[str], process_index: int, process_count: int
     return files, True
 
 
-def _records(files, process_index, process_count, shuffle_seed=None):
+def _records(files, process_index, process_count, shuffle_seed=None) -> tf.data.Dataset:
+    """(shard path, serialised record) pairs of this host's share."""
     files, by_record = host_shard(files, process_index, process_count)
     ds = tf.data.Dataset.from_tensor_slices(files)
     if shuffle_seed is not None:
         ds = ds.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 16),
-                       num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f).map(lambda r: (f, r)),
+                       cycle_length=min(len(files), 16), num_parallel_calls=AUTOTUNE,
+                       deterministic=True)
     if by_record:
         ds = ds.shard(process_count, process_index)
     return ds
+
+
+def _checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: str
+                   ) -> tf.data.Dataset:
+    """Parses records into ``(clip, valid)``.
+
+    A clip is bad when it has no frames, a frame that is not a whole JPEG, no label, or a
+    label outside [0, num_classes). ``on_bad_record="skip"`` lets the caller drop and count
+    them (records that do not parse at all, e.g. from a truncated file, are dropped with a
+    logged warning); ``"raise"`` stops with an error naming the shard and the video.
+    """
+    if on_bad_record not in ("skip", "raise"):
+        raise ValueError(f"on_bad_record={on_bad_record!r}: expected 'skip' or 'raise'")
+
+    def parse(shard, serialized):
+        clip = records.parse_clip(serialized)
+        frames = clip["frames"]
+        # Start and end markers of every frame: catches truncated and non-JPEG frames
+        # before the decoder sees them.
+        whole_jpegs = tf.reduce_all((tf.strings.substr(frames, 0, 2) == b"\xff\xd8")
+                                    & (tf.strings.substr(frames, -2, 2) == b"\xff\xd9"))
+        valid = (tf.size(frames) > 0) & whole_jpegs & (clip["label"] >= 0)
+        if num_classes is not None:
+            valid &= clip["label"] < num_classes
+        if on_bad_record == "raise":
+            check = tf.debugging.Assert(valid, [
+                "bad record in", shard, "video", clip["filename"], "frames",
+                tf.size(frames), "label", clip["label"], "num_classes", num_classes or -1])
+            with tf.control_dependencies([check]):
+                valid = tf.identity(valid)
+        return clip, valid
+
+    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.ignore_errors(log_warning=True) if on_bad_record == "skip" else ds
 
 
 def decode_frames(jpegs: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
@@ -59,19 +95,31 @@ def train_dataset(files: Sequence[str], *, batch_size: int, clip_frames: int, cr
                   mean: Sequence[float] = transforms.UNIFORMERV2_MEAN,
                   std: Sequence[float] = transforms.UNIFORMERV2_STD,
                   shuffle_buffer: int = 1024, process_index: int = 0, process_count: int = 1,
+                  num_classes: int | None = None, on_bad_record: str = "skip",
                   dtype: tf.DType = tf.float32) -> tf.data.Dataset:
     """Endless training batches ``{'video': (B, T, S, S, 3), 'label': (B,)}`` for this host.
 
     Sparse (TSN) sampling by default; ``dense_stride`` selects dense sampling with that
     frame stride. ``flip`` must be off for direction-dependent labels (Something-Something).
+    Bad records are handled as ``on_bad_record`` says (see :func:`_checked_clips`);
+    ``skipped`` in each batch counts those skipped so far on this host.
     """
     ds = _records(files, process_index, process_count, shuffle_seed=seed)
-    ds = ds.repeat().shuffle(shuffle_buffer, seed=seed).enumerate()
+    ds = ds.repeat().shuffle(shuffle_buffer, seed=seed)
+    ds = _checked_clips(ds, num_classes, on_bad_record)
 
-    def load(position, serialized):
+    def count_bad(skipped, item):  # a running count of bad clips rides along each example
+        clip, valid = item
+        skipped += tf.cast(~valid, tf.int64)
+        return skipped, (clip, valid, skipped)
+
+    ds = ds.scan(tf.constant(0, tf.int64), count_bad)
+    ds = ds.filter(lambda clip, valid, skipped: valid).enumerate()
+
+    def load(position, item):
+        clip, _, skipped = item
         seeds = tf.random.experimental.stateless_split(
             tf.stack([tf.constant(seed, tf.int64), position]), 4)
-        clip = records.parse_clip(serialized)
         n = tf.shape(clip["frames"])[0]
         if dense_stride is None:
             indices = sampling.sparse_train_indices(n, clip_frames, seeds[0])
@@ -84,9 +132,12 @@ def train_dataset(files: Sequence[str], *, batch_size: int, clip_frames: int, cr
             video = transforms.random_flip(video, seeds[2])
         video = tf.ensure_shape(transforms.normalize(video, mean, std),
                                 (clip_frames, crop_size, crop_size, 3))
-        return {"video": tf.cast(video, dtype), "label": tf.cast(clip["label"], tf.int32)}
+        return {"video": tf.cast(video, dtype), "label": tf.cast(clip["label"], tf.int32),
+                "skipped": skipped}
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if on_bad_record == "skip":  # undecodable JPEGs
+        ds = ds.ignore_errors(log_warning=True)
     return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
 
 
@@ -95,19 +146,20 @@ def eval_dataset(files: Sequence[str], *, batch_size: int, clip_frames: int, cro
                  mean: Sequence[float] = transforms.UNIFORMERV2_MEAN,
                  std: Sequence[float] = transforms.UNIFORMERV2_STD,
                  process_index: int = 0, process_count: int = 1,
+                 num_classes: int | None = None, on_bad_record: str = "skip",
                  dtype: tf.DType = tf.float32) -> tf.data.Dataset:
     """One pass over this host's videos, each as ``num_clips x num_crops`` views.
 
     Batches: ``video`` (B, V, T, S, S, 3) with V = clips x crops (clip-major), ``label``
     (B,), ``mask`` (B,) — the last batch is padded with masked copies so that no video is
-    dropped or counted twice.
+    dropped or counted twice — and ``bad`` (B,), true for a bad record (masked, counted).
     """
-    ds = _records(files, process_index, process_count)
+    ds = _checked_clips(_records(files, process_index, process_count), num_classes, on_bad_record)
+    num_views = num_clips * num_crops
 
-    def load(serialized):
-        clip = records.parse_clip(serialized)
+    def views(clip):
         n = tf.shape(clip["frames"])[0]
-        views = []
+        out = []
         for c in range(num_clips):
             if dense_stride is None:
                 indices = sampling.sparse_test_indices(n, clip_frames, c, num_clips)
@@ -116,13 +168,21 @@ def eval_dataset(files: Sequence[str], *, batch_size: int, clip_frames: int, cro
                 indices = sampling.dense_indices(n, clip_frames, dense_stride, offsets[c])
             video = transforms.resize_short_side(decode_frames(clip["frames"], indices), crop_size)
             crops = [1] if num_crops == 1 else range(num_crops)
-            views += [transforms.spatial_crop(video, crop_size, k) for k in crops]
-        video = tf.ensure_shape(transforms.normalize(tf.stack(views), mean, std),
-                                (len(views), clip_frames, crop_size, crop_size, 3))
+            out += [transforms.spatial_crop(video, crop_size, k) for k in crops]
+        return transforms.normalize(tf.stack(out), mean, std)
+
+    def load(clip, valid):
+        # A bad clip stays in the stream as a masked, counted example: the views of every
+        # good video are seen exactly once, and the count of bad ones is exact.
+        shape = (num_views, clip_frames, crop_size, crop_size, 3)
+        video = tf.cond(valid, lambda: tf.ensure_shape(views(clip), shape),
+                        lambda: tf.zeros(shape, tf.float32))
         return {"video": tf.cast(video, dtype), "label": tf.cast(clip["label"], tf.int32),
-                "mask": tf.constant(True)}
+                "mask": valid, "bad": ~valid}
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    if on_bad_record == "skip":
+        ds = ds.ignore_errors(log_warning=True)
     return _pad_last_batch(ds, batch_size).prefetch(AUTOTUNE)
 
 
@@ -133,4 +193,4 @@ def _pad_last_batch(ds: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
     ).repeat(batch_size - 1)
     batched = ds.concatenate(padding).batch(batch_size, drop_remainder=True)
     # Padding-only batches (when the real count is a multiple of B) are dropped.
-    return batched.filter(lambda b: tf.reduce_any(b["mask"]))
+    return batched.filter(lambda b: tf.reduce_any(b["mask"] | b["bad"]))

@@ -49,7 +49,8 @@ def read_video(path: str, fps: float = 10.0, short_side: int = 256,
         stream.thread_type = "AUTO"
         frames, times = [], []
         for frame in container.decode(stream):
-            t = float(frame.time) if frame.time is not None else len(times) / float(stream.average_rate or fps)
+            rate = float(stream.average_rate or fps)
+            t = float(frame.time) if frame.time is not None else len(times) / rate
             if end is not None and t > end:
                 break
             if start is not None and t < start:  # keep only the last frame before the window
