@@ -13,7 +13,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from uniformerv2_jax.input import records, sampling, transforms
+from uniformerv2_jax.input import mixing, records, sampling, transforms
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -96,14 +96,20 @@ def train_dataset(files: Sequence[str], *, batch_size: int, clip_frames: int, cr
                   std: Sequence[float] = transforms.UNIFORMERV2_STD,
                   shuffle_buffer: int = 1024, process_index: int = 0, process_count: int = 1,
                   num_classes: int | None = None, on_bad_record: str = "skip",
+                  mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+                  mix_switch_prob: float = 0.5, label_smoothing: float = 0.0,
                   dtype: tf.DType = tf.float32) -> tf.data.Dataset:
     """Endless training batches ``{'video': (B, T, S, S, 3), 'label': (B,)}`` for this host.
 
     Sparse (TSN) sampling by default; ``dense_stride`` selects dense sampling with that
     frame stride. ``flip`` must be off for direction-dependent labels (Something-Something).
     Bad records are handled as ``on_bad_record`` says (see :func:`_checked_clips`);
-    ``skipped`` in each batch counts those skipped so far on this host.
+    ``skipped`` in each batch counts those skipped so far on this host. With mixup,
+    cutmix or label smoothing, batches also hold soft ``targets`` (B, num_classes).
     """
+    mixing_on = mixup_alpha > 0 or cutmix_alpha > 0 or label_smoothing > 0
+    if mixing_on and not num_classes:
+        raise ValueError("mixup_alpha/cutmix_alpha/label_smoothing need num_classes")
     ds = _records(files, process_index, process_count, shuffle_seed=seed)
     ds = ds.repeat().shuffle(shuffle_buffer, seed=seed)
     ds = _checked_clips(ds, num_classes, on_bad_record)
@@ -138,7 +144,14 @@ def train_dataset(files: Sequence[str], *, batch_size: int, clip_frames: int, cr
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     if on_bad_record == "skip":  # undecodable JPEGs
         ds = ds.ignore_errors(log_warning=True)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(AUTOTUNE)
+    ds = ds.batch(batch_size, drop_remainder=True)
+    if mixing_on:
+        ds = ds.enumerate().map(
+            lambda step, batch: mixing.mix_batch(
+                batch, tf.stack([tf.constant(seed, tf.int64), -1 - step]), num_classes,
+                mixup_alpha, cutmix_alpha, mix_switch_prob, label_smoothing),
+            num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.prefetch(AUTOTUNE)
 
 
 def eval_dataset(files: Sequence[str], *, batch_size: int, clip_frames: int, crop_size: int,
