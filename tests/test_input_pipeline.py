@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from uniformerv2_jax.input import pipeline, records, sampling
+from uniformerv2_jax.input import pipeline, records, sampling, sources
 
 
 def write_videos(directory, num_files, videos_per_file, num_frames=20, size=(36, 48)):
@@ -81,13 +81,16 @@ def test_every_video_is_evaluated_exactly_once_across_hosts(tmp_path, num_files,
     assert all(per_host)  # no host without data, even with fewer files than hosts
 
 
-def test_hosts_read_disjoint_files_covering_all():
+def test_hosts_read_disjoint_files_covering_all(tmp_path):
     files = [f"f{i}" for i in range(5)]
-    parts = [pipeline.host_shard(files, h, 2) for h in range(2)]
+    parts = [sources.host_shard(files, h, 2) for h in range(2)]
     assert parts[0] == (["f0", "f2", "f4"], False) and parts[1] == (["f1", "f3"], False)
-    assert pipeline.host_shard(files[:1], 1, 2) == (["f0"], True)
-    with pytest.raises(FileNotFoundError):
-        pipeline.host_shard([], 0, 1)
+    assert sources.host_shard(files[:1], 1, 2) == (["f0"], True)
+    with pytest.raises(FileNotFoundError, match="no input files"):
+        sources.host_shard([], 0, 1)
+    with pytest.raises(FileNotFoundError, match="input file not found: .*missing.tfrecord"):
+        pipeline.eval_dataset([str(tmp_path / "missing.tfrecord")], batch_size=1, clip_frames=4,
+                              crop_size=8)
 
 
 def bad_records_shard(directory):
@@ -149,3 +152,48 @@ def test_train_batches_carry_soft_targets_with_mixup(shards):
     with pytest.raises(ValueError, match="need num_classes"):
         pipeline.train_dataset(shards, batch_size=4, clip_frames=4, crop_size=24, seed=0,
                                mixup_alpha=0.8)
+
+
+class TinyVideos:
+    """A TFDS dataset built here (no download): video i has frames filled with 10 * i."""
+
+    @staticmethod
+    def build(data_dir):
+        import tensorflow_datasets as tfds
+
+        class TinyVideoDataset(tfds.core.GeneratorBasedBuilder):
+            VERSION = tfds.core.Version("1.0.0")
+
+            def _info(self):
+                return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+                    "video": tfds.features.Video(shape=(None, 20, 28, 3)),
+                    "label": tfds.features.ClassLabel(num_classes=6)}))
+
+            def _split_generators(self, dl_manager):
+                return {"train": self._generate_examples()}
+
+            def _generate_examples(self):
+                for i in range(6):
+                    yield i, {"video": np.full((9, 20, 28, 3), 10 * i, np.uint8), "label": i}
+
+        builder = TinyVideoDataset(data_dir=str(data_dir))
+        builder.download_and_prepare()
+        return builder.name
+
+
+def test_tfds_datasets_go_through_the_same_pipeline(tmp_path):
+    name = TinyVideos.build(tmp_path)
+    source = sources.TFDSSource(name, "train", data_dir=str(tmp_path))
+    seen = []
+    for host in range(2):
+        ds = pipeline.eval_dataset(source, batch_size=4, clip_frames=4, crop_size=16,
+                                   num_clips=2, num_crops=3, process_index=host, process_count=2)
+        for batch in ds:
+            assert batch["video"].shape == (4, 6, 4, 16, 16, 3)
+            for video, label, mask in zip(batch["video"], batch["label"], batch["mask"]):
+                if mask:
+                    assert (frame_ids(video) == int(label)).all()  # frames carry 10 * label
+                    seen.append(int(label))
+    assert sorted(seen) == list(range(6))
+    train = pipeline.train_dataset(source, batch_size=3, clip_frames=4, crop_size=16, seed=0)
+    assert next(iter(train))["video"].shape == (3, 4, 16, 16, 3)

@@ -1,52 +1,21 @@
-"""tf.data pipelines over DMVR-format TFRecords: training clips and multi-view eval.
+"""tf.data pipelines: training clips and multi-view eval, from DMVR records or TFDS.
 
-Data flow: this host's files -> interleaved records -> shuffle of the SERIALISED records
-(decoded frames in a shuffle buffer would exhaust host RAM) -> parse -> sample frame
+``source`` is a list of TFRecord shards or a :class:`sources.TFDSSource`. Data flow:
+this host's share -> (training) shuffle of the still-ENCODED clips
+(decoded frames in a shuffle buffer would exhaust host RAM) -> check -> sample frame
 indices -> decode only those JPEGs -> augment -> batch. Randomness is stateless and keyed
 by (seed, record position), so a pipeline is deterministic given its seed.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import tensorflow as tf
 
-from uniformerv2_jax.input import mixing, records, sampling, transforms
+from uniformerv2_jax.input import mixing, sampling, sources, transforms
 
 AUTOTUNE = tf.data.AUTOTUNE
-
-
-def host_shard(files: Sequence[str], process_index: int, process_count: int
-               ) -> tuple[list[str], bool]:
-    """This host's files, and whether records must be split instead.
-
-    Files are dealt round-robin. With fewer files than hosts every host reads all files
-    and keeps every ``process_count``-th record (slower, but never a host without data).
-    """
-    files = sorted(files)
-    if not files:
-        raise FileNotFoundError("no input files")
-    if len(files) >= process_count:
-        return files[process_index::process_count], False
-    logging.warning("%d files for %d hosts: splitting by record; write at least one file per "
-                    "host for faster reading", len(files), process_count)
-    return files, True
-
-
-def _records(files, process_index, process_count, shuffle_seed=None) -> tf.data.Dataset:
-    """(shard path, serialised record) pairs of this host's share."""
-    files, by_record = host_shard(files, process_index, process_count)
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f).map(lambda r: (f, r)),
-                       cycle_length=min(len(files), 16), num_parallel_calls=AUTOTUNE,
-                       deterministic=True)
-    if by_record:
-        ds = ds.shard(process_count, process_index)
-    return ds
 
 
 def _checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: str
@@ -61,14 +30,14 @@ def _checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: 
     if on_bad_record not in ("skip", "raise"):
         raise ValueError(f"on_bad_record={on_bad_record!r}: expected 'skip' or 'raise'")
 
-    def parse(shard, serialized):
-        clip = records.parse_clip(serialized)
+    def check(shard, clip):
         frames = clip["frames"]
-        # Start and end markers of every frame: catches truncated and non-JPEG frames
-        # before the decoder sees them.
-        whole_jpegs = tf.reduce_all((tf.strings.substr(frames, 0, 2) == b"\xff\xd8")
-                                    & (tf.strings.substr(frames, -2, 2) == b"\xff\xd9"))
-        valid = (tf.size(frames) > 0) & whole_jpegs & (clip["label"] >= 0)
+        # Every frame a whole JPEG (start and end markers) or a PNG: catches truncated and
+        # foreign frames before the decoder sees them.
+        jpeg = ((tf.strings.substr(frames, 0, 2) == b"\xff\xd8")
+                & (tf.strings.substr(frames, -2, 2) == b"\xff\xd9"))
+        png = tf.strings.substr(frames, 0, 8) == b"\x89PNG\r\n\x1a\n"
+        valid = (tf.size(frames) > 0) & tf.reduce_all(jpeg | png) & (clip["label"] >= 0)
         if num_classes is not None:
             valid &= clip["label"] < num_classes
         if on_bad_record == "raise":
@@ -79,17 +48,17 @@ def _checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: 
                 valid = tf.identity(valid)
         return clip, valid
 
-    ds = ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.map(check, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.ignore_errors(log_warning=True) if on_bad_record == "skip" else ds
 
 
-def decode_frames(jpegs: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
-    """Decodes only the chosen frames: (N,) JPEG strings, (T,) indices -> (T, H, W, 3) uint8."""
-    return tf.map_fn(lambda j: tf.io.decode_jpeg(j, channels=3), tf.gather(jpegs, indices),
-                     fn_output_signature=tf.uint8)
+def decode_frames(images: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
+    """Decodes only the chosen frames: (N,) JPEG/PNG strings, (T,) indices -> (T, H, W, 3) uint8."""
+    decode = lambda image: tf.io.decode_image(image, channels=3, expand_animations=False)  # noqa: E731
+    return tf.map_fn(decode, tf.gather(images, indices), fn_output_signature=tf.uint8)
 
 
-def train_dataset(files: Sequence[str], *, batch_size: int, clip_frames: int, crop_size: int,
+def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int, clip_frames: int, crop_size: int,
                   seed: int, flip: bool = True, area: Sequence[float] = (0.08, 1.0),
                   ratio: Sequence[float] = (3 / 4, 4 / 3), dense_stride: int | None = None,
                   mean: Sequence[float] = transforms.UNIFORMERV2_MEAN,
@@ -110,7 +79,7 @@ def train_dataset(files: Sequence[str], *, batch_size: int, clip_frames: int, cr
     mixing_on = mixup_alpha > 0 or cutmix_alpha > 0 or label_smoothing > 0
     if mixing_on and not num_classes:
         raise ValueError("mixup_alpha/cutmix_alpha/label_smoothing need num_classes")
-    ds = _records(files, process_index, process_count, shuffle_seed=seed)
+    ds = sources.clips(source, process_index, process_count, shuffle_seed=seed)
     ds = ds.repeat().shuffle(shuffle_buffer, seed=seed)
     ds = _checked_clips(ds, num_classes, on_bad_record)
 
@@ -154,7 +123,7 @@ def train_dataset(files: Sequence[str], *, batch_size: int, clip_frames: int, cr
     return ds.prefetch(AUTOTUNE)
 
 
-def eval_dataset(files: Sequence[str], *, batch_size: int, clip_frames: int, crop_size: int,
+def eval_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int, clip_frames: int, crop_size: int,
                  num_clips: int = 4, num_crops: int = 3, dense_stride: int | None = None,
                  mean: Sequence[float] = transforms.UNIFORMERV2_MEAN,
                  std: Sequence[float] = transforms.UNIFORMERV2_STD,
@@ -167,7 +136,8 @@ def eval_dataset(files: Sequence[str], *, batch_size: int, clip_frames: int, cro
     (B,), ``mask`` (B,) — the last batch is padded with masked copies so that no video is
     dropped or counted twice — and ``bad`` (B,), true for a bad record (masked, counted).
     """
-    ds = _checked_clips(_records(files, process_index, process_count), num_classes, on_bad_record)
+    ds = _checked_clips(sources.clips(source, process_index, process_count), num_classes,
+                        on_bad_record)
     num_views = num_clips * num_crops
 
     def views(clip):

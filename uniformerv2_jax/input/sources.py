@@ -1,0 +1,89 @@
+"""Where clips come from: DMVR TFRecord shards or any TFDS video dataset.
+
+Both yield ``(origin, clip)`` pairs, ``clip`` holding ``frames`` (N,) encoded images
+(JPEG from records, PNG or JPEG from TFDS), ``label`` and ``filename``, for this host's
+share of the data only. Frames stay encoded: the pipeline decodes only the sampled ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Sequence
+
+import tensorflow as tf
+
+from uniformerv2_jax.input import records
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+@dataclasses.dataclass(frozen=True)
+class TFDSSource:
+    """A TFDS dataset with ``video`` and ``label`` features, e.g. ``ucf101``."""
+    name: str
+    split: str
+    data_dir: str | None = None
+    video_key: str = "video"
+    label_key: str = "label"
+
+
+def host_shard(files: Sequence[str], process_index: int, process_count: int
+               ) -> tuple[list[str], bool]:
+    """This host's files, and whether records must be split instead.
+
+    Files are dealt round-robin. With fewer files than hosts every host reads all files
+    and keeps every ``process_count``-th record (slower, but never a host without data).
+    """
+    files = sorted(files)
+    if not files:
+        raise FileNotFoundError("no input files")
+    if len(files) >= process_count:
+        return files[process_index::process_count], False
+    logging.warning("%d files for %d hosts: splitting by record; write at least one file per "
+                    "host for faster reading", len(files), process_count)
+    return files, True
+
+
+def record_clips(files: Sequence[str], process_index: int, process_count: int,
+                 shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """(shard path, parsed clip) from this host's DMVR shards, records shuffled by file."""
+    for path in files:
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"input file not found: {path}")
+    files, by_record = host_shard(files, process_index, process_count)
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f).map(lambda r: (f, r)),
+                       cycle_length=min(len(files), 16), num_parallel_calls=AUTOTUNE,
+                       deterministic=True)
+    if by_record:
+        ds = ds.shard(process_count, process_index)
+    return ds
+
+
+def tfds_clips(source: TFDSSource, process_index: int, process_count: int,
+               shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """(dataset name, clip) from this host's even share of a TFDS split."""
+    import tensorflow_datasets as tfds
+
+    split = tfds.even_splits(source.split, n=process_count)[process_index]
+    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed)
+    ds = tfds.load(source.name, split=split, data_dir=source.data_dir, download=False,
+                   shuffle_files=shuffle_seed is not None, read_config=read_config,
+                   decoders={source.video_key: tfds.decode.SkipDecoding()})
+    name = tf.constant(f"tfds:{source.name}/{source.split}")
+    return ds.map(lambda ex: (name, {"frames": ex[source.video_key],
+                                     "label": tf.cast(ex[source.label_key], tf.int64),
+                                     "filename": tf.constant(b"")}))
+
+
+def clips(source, process_index: int, process_count: int,
+          shuffle_seed: int | None = None) -> tf.data.Dataset:
+    """Serialised records from a list of shards are parsed here; TFDS examples pass through."""
+    if isinstance(source, TFDSSource):
+        return tfds_clips(source, process_index, process_count, shuffle_seed)
+    ds = record_clips(source, process_index, process_count, shuffle_seed)
+    return ds.map(lambda shard, r: (shard, records.parse_clip(r)), num_parallel_calls=AUTOTUNE,
+                  deterministic=True)
