@@ -58,7 +58,8 @@ def decode_frames(images: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
     return tf.map_fn(decode, tf.gather(images, indices), fn_output_signature=tf.uint8)
 
 
-def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int, clip_frames: int, crop_size: int,
+def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int,
+                  clip_frames: int, crop_size: int,
                   seed: int, flip: bool = True, area: Sequence[float] = (0.08, 1.0),
                   ratio: Sequence[float] = (3 / 4, 4 / 3), dense_stride: int | None = None,
                   mean: Sequence[float] = transforms.UNIFORMERV2_MEAN,
@@ -123,7 +124,8 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
     return ds.prefetch(AUTOTUNE)
 
 
-def eval_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int, clip_frames: int, crop_size: int,
+def eval_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int,
+                 clip_frames: int, crop_size: int,
                  num_clips: int = 4, num_crops: int = 3, dense_stride: int | None = None,
                  mean: Sequence[float] = transforms.UNIFORMERV2_MEAN,
                  std: Sequence[float] = transforms.UNIFORMERV2_STD,
