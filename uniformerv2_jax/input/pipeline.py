@@ -13,7 +13,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-from uniformerv2_jax.input import mixing, sampling, sources, transforms
+from uniformerv2_jax.input import mixing, randaugment, sampling, sources, transforms
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -68,16 +68,20 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
                   num_classes: int | None = None, on_bad_record: str = "skip",
                   mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
                   mix_switch_prob: float = 0.5, label_smoothing: float = 0.0,
+                  randaugment_spec: str | None = None,
                   dtype: tf.DType = tf.float32) -> tf.data.Dataset:
     """Endless training batches ``{'video': (B, T, S, S, 3), 'label': (B,)}`` for this host.
 
     Sparse (TSN) sampling by default; ``dense_stride`` selects dense sampling with that
     frame stride. ``flip`` must be off for direction-dependent labels (Something-Something).
-    Bad records are handled as ``on_bad_record`` says (see :func:`_checked_clips`);
+    ``randaugment_spec`` (e.g. ``"rand-m7-n4-mstd0.5-inc1"``, the official setting) runs
+    RandAugment on the cropped clip (the official code runs it before cropping, at full
+    resolution; same operations, a fraction of the cost). Bad records are handled as ``on_bad_record`` says (see :func:`_checked_clips`);
     ``skipped`` in each batch counts those skipped so far on this host. With mixup,
     cutmix or label smoothing, batches also hold soft ``targets`` (B, num_classes).
     """
     mixing_on = mixup_alpha > 0 or cutmix_alpha > 0 or label_smoothing > 0
+    augment = randaugment.parse_spec(randaugment_spec) if randaugment_spec else None
     if mixing_on and not num_classes:
         raise ValueError("mixup_alpha/cutmix_alpha/label_smoothing need num_classes")
     ds = sources.clips(source, process_index, process_count, shuffle_seed=seed)
@@ -106,6 +110,8 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
                                                crop_size, seeds[1], area, ratio)
         if flip:
             video = transforms.random_flip(video, seeds[2])
+        if augment:
+            video = randaugment.rand_augment(video, seeds[3], augment)
         video = tf.ensure_shape(transforms.normalize(video, mean, std),
                                 (clip_frames, crop_size, crop_size, 3))
         return {"video": tf.cast(video, dtype), "label": tf.cast(clip["label"], tf.int32),
