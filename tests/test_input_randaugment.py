@@ -18,7 +18,8 @@ def test_parse_spec():
 def image(seed=0, h=24, w=32):
     rng = np.random.default_rng(seed)
     coarse = rng.integers(30, 220, (h // 4, w // 4, 3))
-    return np.kron(coarse, np.ones((4, 4, 1))).astype(np.uint8) + rng.integers(0, 20, (h, w, 3)).astype(np.uint8)
+    noise = rng.integers(0, 20, (h, w, 3)).astype(np.uint8)
+    return np.kron(coarse, np.ones((4, 4, 1))).astype(np.uint8) + noise
 
 
 OPS = randaugment._operations(increasing=True)

@@ -76,7 +76,8 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
     frame stride. ``flip`` must be off for direction-dependent labels (Something-Something).
     ``randaugment_spec`` (e.g. ``"rand-m7-n4-mstd0.5-inc1"``, the official setting) runs
     RandAugment on the cropped clip (the official code runs it before cropping, at full
-    resolution; same operations, a fraction of the cost). Bad records are handled as ``on_bad_record`` says (see :func:`_checked_clips`);
+    resolution; same operations, a fraction of the cost). Bad records are handled as
+    ``on_bad_record`` says (see :func:`_checked_clips`);
     ``skipped`` in each batch counts those skipped so far on this host. With mixup,
     cutmix or label smoothing, batches also hold soft ``targets`` (B, num_classes).
     """
