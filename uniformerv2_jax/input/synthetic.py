@@ -1,10 +1,11 @@
 """A synthetic video task that only temporal models can solve, written as real videos.
 
-A shape orbits a random centre on a random textured background. The class is the
-orbit's direction (clockwise or counter-clockwise) and speed (one or two turns per clip).
-The start angle is uniform, so every frame, and the set of frames of a clip, looks the
-same for all classes: a model that sees single frames, or averages frames over time,
-stays at chance (25%); the class is only in the order of the frames.
+A square orbits a random centre on a random textured background, once per clip, and
+changes shade halfway. The class is the orbit's direction (clockwise or counter-clockwise)
+and whether the square turns bright or dark. Start angle and colours are random, so every
+frame, and the set of frames of a clip (a dark half-circle and a bright one), has the
+same distribution in every class: a model that sees single frames, or averages frames
+over time, stays at chance (25%). The class is only in the order of the frames.
 """
 
 from __future__ import annotations
@@ -14,31 +15,32 @@ from pathlib import Path
 
 import numpy as np
 
-CLASSES = ("clockwise_one_turn", "counterclockwise_one_turn",
-           "clockwise_two_turns", "counterclockwise_two_turns")
+CLASSES = ("clockwise_brightening", "counterclockwise_brightening",
+           "clockwise_darkening", "counterclockwise_darkening")
 
 
 def render_clip(label: int, rng: np.random.Generator, frames: int = 32, size: int = 64) -> np.ndarray:
     """One clip of class ``label``: (frames, size, size, 3) uint8."""
-    turns = 1 if label < 2 else 2
     direction = -1.0 if label % 2 == 0 else 1.0  # image y points down: -1 is clockwise
-    # Smooth random texture: low-resolution noise upsampled.
-    coarse = rng.uniform(40, 200, (8, 8, 3))
+    hue = rng.uniform(0, 1, 3)
+    dark, bright = 30 + 60 * hue, 165 + 90 * hue
+    first, second = (dark, bright) if label < 2 else (bright, dark)
+    # Smooth random texture: low-resolution noise upsampled, in mid tones.
+    coarse = rng.uniform(70, 150, (8, 8, 3))
     background = np.kron(coarse, np.ones((size // 8, size // 8, 1)))
-    background += rng.normal(0, 8, background.shape)
-    colour = rng.uniform(0, 255, 3)
-    radius = rng.uniform(0.18, 0.3) * size
-    centre = size / 2 + rng.uniform(-0.08, 0.08, 2) * size
-    half = rng.uniform(0.07, 0.11) * size
+    background += rng.normal(0, 6, background.shape)
+    radius = rng.uniform(0.2, 0.3) * size
+    centre = size / 2 + rng.uniform(-0.06, 0.06, 2) * size
+    half = rng.uniform(0.08, 0.12) * size
     start = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:size, 0:size]
     video = np.empty((frames, size, size, 3), np.uint8)
     for t in range(frames):
-        angle = start + direction * 2 * np.pi * turns * t / frames
+        angle = start + direction * 2 * np.pi * t / frames
         cy, cx = centre[0] + radius * np.sin(angle), centre[1] + radius * np.cos(angle)
         inside = (np.abs(yy - cy) <= half) & (np.abs(xx - cx) <= half)
         frame = background.copy()
-        frame[inside] = colour
+        frame[inside] = first if t < frames // 2 else second
         video[t] = np.clip(frame, 0, 255)
     return video
 
