@@ -12,6 +12,17 @@
   python main.py convert --from=converted --src=ckpt/k400_b16 --out=k400_b16.safetensors
       Writes an orbax checkpoint (a directory) that training starts from, or, when --out
       ends in .safetensors/.pth, the official state dict (``backbone.`` keys).
+
+  python main.py write_records --videos=DIR --out=records/ --name=train --num_shards=64
+  python main.py write_records --csv=k400_train.csv --video_root=DIR
+      --classes=data/labels/kinetics400.txt --out=records/ --name=train
+  python main.py write_records --ssv2_list=train.json --ssv2_labels=labels.json
+      --video_root=DIR --out=records/ --name=train
+      Raw videos -> sharded DMVR TFRecords (--fps=10 --short_side=256 as DMVR; resumable;
+      videos that fail to decode are listed in <name>-failures.json).
+
+  python main.py make_synthetic --out=data/synthetic
+      The synthetic temporal task as videos and train/val records.
 """
 
 from __future__ import annotations
@@ -20,11 +31,13 @@ import os
 import sys
 from pathlib import Path
 
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
+
 import yaml
 from absl import app, flags, logging
 
 ROOT = Path(__file__).resolve().parent
-COMMANDS = ("demo", "convert")
+COMMANDS = ("demo", "convert", "write_records", "make_synthetic")
 
 flags.DEFINE_enum("from", None, ["official", "clip", "converted"], "convert: source kind.")
 flags.DEFINE_string("src", None, "convert: source weight file or converted directory.")
@@ -35,6 +48,19 @@ flags.DEFINE_string("head_map", None, "convert: re-index the head: k400|k600|k70
                     "first:N, or a JSON list of source rows.")
 flags.DEFINE_bool("overwrite", False, "convert: replace an existing output.")
 flags.DEFINE_string("workdir", "/tmp/uniformerv2_demo", "demo: where the checkpoint is written.")
+flags.DEFINE_string("videos", None, "write_records: folder-per-class video tree.")
+flags.DEFINE_string("csv", None, "write_records: 'path,label' or Kinetics CSV.")
+flags.DEFINE_string("ssv2_list", None, "write_records: Something-Something list JSON.")
+flags.DEFINE_string("ssv2_labels", None, "write_records: Something-Something labels JSON.")
+flags.DEFINE_string("video_root", None, "write_records: where the CSV/list videos are.")
+flags.DEFINE_string("classes", None, "write_records: class names, one per line.")
+flags.DEFINE_string("name", "train", "write_records: shard base name.")
+flags.DEFINE_integer("num_shards", 16, "write_records: number of shards.")
+flags.DEFINE_float("fps", 10.0, "write_records: frames per second kept.")
+flags.DEFINE_integer("short_side", 256, "write_records: short side of stored frames.")
+flags.DEFINE_integer("workers", None, "write_records: worker processes (default: cores).")
+flags.DEFINE_integer("videos_per_class", 96, "make_synthetic: training videos per class.")
+flags.DEFINE_integer("val_per_class", 24, "make_synthetic: validation videos per class.")
 FLAGS = flags.FLAGS
 
 
@@ -71,6 +97,54 @@ def convert() -> None:
     else:
         save_converted(out, model, variables, overwrite=FLAGS.overwrite)
     print(f"wrote {out} ({model.width}-wide, {model.layers} layers, {model.num_classes} classes)")
+
+
+def write_records() -> None:
+    from uniformerv2_jax.input import writer
+
+    if not FLAGS.out:
+        raise app.UsageError("write_records needs --out")
+    if FLAGS.videos:
+        names = read_class_names(FLAGS.classes) if FLAGS.classes else None
+        entries, names = writer.folder_entries(FLAGS.videos, names)
+    elif FLAGS.csv:
+        if not (FLAGS.video_root and FLAGS.classes):
+            raise app.UsageError("--csv needs --video_root and --classes")
+        entries = writer.csv_entries(FLAGS.csv, FLAGS.video_root, read_class_names(FLAGS.classes))
+    elif FLAGS.ssv2_list:
+        if not (FLAGS.ssv2_labels and FLAGS.video_root):
+            raise app.UsageError("--ssv2_list needs --ssv2_labels and --video_root")
+        entries = writer.something_something_entries(FLAGS.ssv2_list, FLAGS.ssv2_labels,
+                                                      FLAGS.video_root)
+    else:
+        raise app.UsageError("write_records needs --videos, --csv or --ssv2_list")
+    report = writer.write_records(entries, FLAGS.out, FLAGS.name, FLAGS.num_shards, FLAGS.fps,
+                                  FLAGS.short_side, workers=FLAGS.workers)
+    print(f"{report['videos']} videos -> {FLAGS.num_shards} shards in {FLAGS.out} "
+          f"({report['written']} written, {report['kept']} kept); {report['failed']} failed "
+          f"to decode, listed in {report['failures_file']}")
+
+
+def read_class_names(path: str) -> list[str]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"class list not found: {path}")
+    names = [line.strip() for line in open(path, encoding="utf-8") if line.strip()]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: duplicate class names")
+    return names
+
+
+def make_synthetic() -> None:
+    from uniformerv2_jax.input import synthetic, writer
+
+    out = Path(FLAGS.out or "data/synthetic")
+    for split, count, seed in (("train", FLAGS.videos_per_class, 0), ("val", FLAGS.val_per_class, 1)):
+        videos = synthetic.write_dataset(out / "videos" / split, count, seed=seed)
+        entries, _ = writer.folder_entries(videos, synthetic.CLASSES)
+        report = writer.write_records(entries, out, split, num_shards=4, fps=16, short_side=64,
+                                      workers=FLAGS.workers)
+        print(f"{split}: {report['videos']} videos, {report['failed']} failed -> {out}/{split}-*")
+    (out / "classes.txt").write_text("\n".join(synthetic.CLASSES) + "\n")
 
 
 def write_official(path: Path, state: dict) -> None:
@@ -121,7 +195,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"usage: main.py {{{'|'.join(COMMANDS)}}} [--flags]")
     if not FLAGS["verbosity"].present:  # orbax logs every step of a save at INFO
         logging.set_verbosity(logging.WARNING)
-    {"demo": demo, "convert": convert}[argv[1]]()
+    {"demo": demo, "convert": convert, "write_records": write_records,
+     "make_synthetic": make_synthetic}[argv[1]]()
 
 
 if __name__ == "__main__":

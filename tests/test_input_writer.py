@@ -1,10 +1,14 @@
 """Raw videos -> DMVR records: real PyAV videos, failures skipped and listed, resumable."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+
+from conftest import ROOT
 
 from uniformerv2_jax.input import pipeline, records, synthetic, writer
 
@@ -89,3 +93,20 @@ def test_listing_formats(tmp_path):
     (entry,) = writer.something_something_entries(tmp_path / "train.json",
                                                   tmp_path / "labels.json", tmp_path)
     assert entry.path.endswith("17.webm") and entry.label == 0
+
+
+def test_write_records_command_line(tmp_path, video_tree):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("\n".join(synthetic.CLASSES) + "\n")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "write_records", f"--videos={video_tree}",
+         f"--classes={classes}", f"--out={tmp_path / 'records'}", "--name=val", "--num_shards=2",
+         "--fps=16", "--short_side=32", "--workers=0"],
+        capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "11 videos -> 2 shards" in out.stdout and "3 failed" in out.stdout
+    assert len(list((tmp_path / "records").glob("val-0000?-of-00002.tfrecord"))) == 2
+    missing = subprocess.run(
+        [sys.executable, str(ROOT / "main.py"), "write_records", f"--videos={tmp_path / 'none'}",
+         f"--out={tmp_path / 'r2'}"], capture_output=True, text=True, timeout=600)
+    assert missing.returncode != 0 and "video folder not found" in missing.stderr
