@@ -110,3 +110,25 @@ def test_write_records_command_line(tmp_path, video_tree):
         [sys.executable, str(ROOT / "main.py"), "write_records", f"--videos={tmp_path / 'none'}",
          f"--out={tmp_path / 'r2'}"], capture_output=True, text=True, timeout=600)
     assert missing.returncode != 0 and "video folder not found" in missing.stderr
+
+
+def test_something_something_frame_folders(tmp_path):
+    """SSv1-style JPEG frame folders are written frame by frame (no resampling)."""
+    folder = tmp_path / "frames" / "42"
+    folder.mkdir(parents=True)
+    for i in range(5):
+        frame = np.full((48, 64, 3), 40 * i, np.uint8)
+        (folder / f"{i + 1:05d}.jpg").write_bytes(tf.io.encode_jpeg(frame).numpy())
+    (tmp_path / "labels.json").write_text('{"Pushing something": "3"}')
+    (tmp_path / "list.json").write_text('[{"id": "42", "template": "Pushing [something]"}]')
+    entries = writer.something_something_entries(tmp_path / "list.json", tmp_path / "labels.json",
+                                                 tmp_path / "frames")
+    assert entries[0].path == str(folder) and entries[0].label == 3
+    writer.write_records(entries, tmp_path / "out", "ssv1", 1, short_side=24, workers=0,
+                         progress=False)
+    (serialized,) = list(tf.data.TFRecordDataset(str(tmp_path / "out" / records.shard_name("ssv1", 0, 1))))
+    clip = records.parse_clip(serialized)
+    assert clip["frames"].shape == (5,) and float(clip["frame_rate"]) == 0.0
+    frames = [tf.io.decode_jpeg(j).numpy() for j in clip["frames"]]
+    assert frames[0].shape == (24, 32, 3)
+    assert [int(round(f.mean() / 40)) for f in frames] == [0, 1, 2, 3, 4]

@@ -70,6 +70,27 @@ def read_video(path: str, fps: float = 10.0, short_side: int = 256,
     return np.stack([frames[i] for i in picks])
 
 
+def read_frame_folder(path: str, short_side: int = 256) -> np.ndarray:
+    """A folder of frame images (sorted by name) -> (T, H, W, 3) uint8, short side resized.
+
+    Frame folders carry no timing: every frame is kept (no fps resampling).
+    """
+    import tensorflow as tf
+
+    names = sorted(n for n in os.listdir(path) if n.lower().endswith((".jpg", ".jpeg", ".png")))
+    if not names:
+        raise ValueError("no frame images")
+    frames = []
+    for name in names:
+        image = tf.io.decode_image(tf.io.read_file(os.path.join(path, name)), channels=3,
+                                   expand_animations=False)
+        h, w = int(image.shape[0]), int(image.shape[1])
+        scale = short_side / min(h, w)
+        size = (max(short_side, round(h * scale)), max(short_side, round(w * scale)))
+        frames.append(tf.cast(tf.round(tf.image.resize(image, size)), tf.uint8).numpy())
+    return np.stack(frames)
+
+
 def _write_shard(entries: Sequence[VideoEntry], path: str, fps: float, short_side: int,
                  quality: int) -> list[dict]:
     """Writes one shard (atomically); returns the failures."""
@@ -81,8 +102,10 @@ def _write_shard(entries: Sequence[VideoEntry], path: str, fps: float, short_sid
     tmp = f"{path}.tmp-{os.getpid()}"
     with tf.io.TFRecordWriter(tmp) as writer:
         for entry in entries:
+            folder = os.path.isdir(entry.path)
             try:
-                video = read_video(entry.path, fps, short_side, entry.start, entry.end)
+                video = (read_frame_folder(entry.path, short_side) if folder else
+                         read_video(entry.path, fps, short_side, entry.start, entry.end))
                 jpegs = [tf.io.encode_jpeg(frame, quality=quality).numpy() for frame in video]
             except Exception as e:  # noqa: BLE001 -- any decoder failure skips the video
                 failures.append({"path": entry.path, "error": f"{type(e).__name__}: {e}"})
@@ -90,7 +113,7 @@ def _write_shard(entries: Sequence[VideoEntry], path: str, fps: float, short_sid
             start_us = int(1e6 * (entry.start or 0.0))
             end_us = int(1e6 * entry.end) if entry.end is not None else start_us + int(1e6 * len(jpegs) / fps)
             writer.write(records.encode_clip(jpegs, entry.label, entry.label_text, entry.path,
-                                             start_us, end_us, fps))
+                                             start_us, end_us, None if folder else fps))
     os.replace(tmp, path)
     return failures
 
@@ -195,7 +218,8 @@ def something_something_entries(list_json: str | os.PathLike, labels_json: str |
                                 video_root: str | os.PathLike) -> list[VideoEntry]:
     """Something-Something lists (``[{"id", "template"}, ...]`` + ``{name: index}``) -> entries.
 
-    Videos are ``<video_root>/<id>.webm``.
+    Videos are ``<video_root>/<id>.webm`` (SSv2), or frame folders ``<video_root>/<id>/``
+    (SSv1's JPEG frames) when such a folder exists.
     """
     labels = json.loads(Path(labels_json).read_text())
     entries = []
@@ -203,5 +227,7 @@ def something_something_entries(list_json: str | os.PathLike, labels_json: str |
         name = item["template"].replace("[", "").replace("]", "")
         if name not in labels:
             raise ValueError(f"{list_json}: video {item['id']}: template {name!r} not in {labels_json}")
-        entries.append(VideoEntry(str(Path(video_root) / f"{item['id']}.webm"), int(labels[name]), name))
+        folder = Path(video_root) / str(item["id"])
+        path = folder if folder.is_dir() else folder.with_name(f"{item['id']}.webm")
+        entries.append(VideoEntry(str(path), int(labels[name]), name))
     return entries
