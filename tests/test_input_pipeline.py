@@ -69,16 +69,21 @@ def labels_seen(batches):
 @pytest.mark.parametrize("num_files, hosts", [(4, 2), (1, 2), (4, 3)])
 def test_every_video_is_evaluated_exactly_once_across_hosts(tmp_path, num_files, hosts):
     files = write_videos(tmp_path, num_files, videos_per_file=12 // num_files, num_frames=8)
-    seen, per_host = [], []
+    steps = sources.eval_batches(files, batch_size=5, process_count=hosts)
+    seen, per_host, lengths = [], [], []
     for host in range(hosts):
         ds = pipeline.eval_dataset(files, batch_size=5, clip_frames=4, crop_size=32,
                                    num_clips=1, num_crops=1, process_index=host,
-                                   process_count=hosts)
-        labels = labels_seen(ds)
+                                   process_count=hosts, num_batches=steps)
+        batches = list(ds)
+        lengths.append(len(batches))
+        labels = labels_seen(batches)
         per_host.append(labels)
         seen += labels
     assert sorted(seen) == list(range(12))
     assert all(per_host)  # no host without data, even with fewer files than hosts
+    assert lengths == [steps] * hosts  # hosts stay in step
+    assert steps == -(-max(len(p) for p in per_host) // 5)
 
 
 def test_hosts_read_disjoint_files_covering_all(tmp_path):
@@ -185,11 +190,16 @@ def test_tfds_datasets_go_through_the_same_pipeline(tmp_path):
     name = TinyVideos.build(tmp_path)
     source = sources.TFDSSource(name, "train", data_dir=str(tmp_path))
     seen = []
+    steps = sources.eval_batches(source, batch_size=2, process_count=2)
+    assert steps == 2  # 3 videos per host
     for host in range(2):
-        ds = pipeline.eval_dataset(source, batch_size=4, clip_frames=4, crop_size=16,
-                                   num_clips=2, num_crops=3, process_index=host, process_count=2)
-        for batch in ds:
-            assert batch["video"].shape == (4, 6, 4, 16, 16, 3)
+        ds = pipeline.eval_dataset(source, batch_size=2, clip_frames=4, crop_size=16,
+                                   num_clips=2, num_crops=3, process_index=host, process_count=2,
+                                   num_batches=steps)
+        batches = list(ds)
+        assert len(batches) == steps
+        for batch in batches:
+            assert batch["video"].shape == (2, 6, 4, 16, 16, 3)
             for video, label, mask in zip(batch["video"], batch["label"], batch["mask"]):
                 if mask:
                     assert (frame_ids(video) == int(label)).all()  # frames carry 10 * label

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from conftest import ROOT
 
-from uniformerv2_jax.input import pipeline, records, synthetic, writer
+from uniformerv2_jax.input import pipeline, records, sources, synthetic, writer
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,10 @@ def test_writer_round_trip_with_failures_skipped_listed_and_resume(tmp_path, vid
     assert int(clip["end_us"]) == 2_000_000
     frame = tf.io.decode_jpeg(clip["frames"][0]).numpy()
     assert frame.shape == (48, 48, 3)
+
+    counts = json.loads((tmp_path / "train-counts.json").read_text())
+    assert sum(counts.values()) == 8 and len(counts) == 3
+    assert sources.record_counts(shard_files) == {p: counts[p.rsplit("/", 1)[1]] for p in shard_files}
 
     # Resumable: complete shards are kept; a deleted one is written again.
     (tmp_path / records.shard_name("train", 1, 3)).unlink()

@@ -138,12 +138,15 @@ def eval_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int,
                  std: Sequence[float] = transforms.UNIFORMERV2_STD,
                  process_index: int = 0, process_count: int = 1,
                  num_classes: int | None = None, on_bad_record: str = "skip",
+                 num_batches: int | None = None,
                  dtype: tf.DType = tf.float32) -> tf.data.Dataset:
     """One pass over this host's videos, each as ``num_clips x num_crops`` views.
 
     Batches: ``video`` (B, V, T, S, S, 3) with V = clips x crops (clip-major), ``label``
     (B,), ``mask`` (B,) — the last batch is padded with masked copies so that no video is
     dropped or counted twice — and ``bad`` (B,), true for a bad record (masked, counted).
+    ``num_batches`` (from :func:`sources.eval_batches`) pads every host to the same number
+    of batches, so that hosts of a multi-host eval stay in step.
     """
     ds = _checked_clips(sources.clips(source, process_index, process_count), num_classes,
                         on_bad_record)
@@ -175,14 +178,16 @@ def eval_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int,
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     if on_bad_record == "skip":
         ds = ds.ignore_errors(log_warning=True)
-    return _pad_last_batch(ds, batch_size).prefetch(AUTOTUNE)
+    return _pad_batches(ds, batch_size, num_batches).prefetch(AUTOTUNE)
 
 
-def _pad_last_batch(ds: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
-    """Batches of exactly ``batch_size``; the last one filled with masked zero examples."""
+def _pad_batches(ds: tf.data.Dataset, batch_size: int, num_batches: int | None) -> tf.data.Dataset:
+    """Batches of exactly ``batch_size``, the last filled with masked zero examples; with
+    ``num_batches``, masked batches are added up to that count."""
     padding = tf.data.Dataset.from_tensors(
-        tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
-    ).repeat(batch_size - 1)
-    batched = ds.concatenate(padding).batch(batch_size, drop_remainder=True)
+        tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec))
+    if num_batches is not None:
+        return ds.concatenate(padding.repeat()).batch(batch_size).take(num_batches)
+    batched = ds.concatenate(padding.repeat(batch_size - 1)).batch(batch_size, drop_remainder=True)
     # Padding-only batches (when the real count is a multiple of B) are dropped.
     return batched.filter(lambda b: tf.reduce_any(b["mask"] | b["bad"]))

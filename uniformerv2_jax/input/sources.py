@@ -8,7 +8,11 @@ share of the data only. Frames stay encoded: the pipeline decodes only the sampl
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
+import os
+import re
 from typing import Sequence
 
 import tensorflow as tf
@@ -87,3 +91,40 @@ def clips(source, process_index: int, process_count: int,
     ds = record_clips(source, process_index, process_count, shuffle_seed)
     return ds.map(lambda shard, r: (shard, records.parse_clip(r)), num_parallel_calls=AUTOTUNE,
                   deterministic=True)
+
+
+def record_counts(files: Sequence[str]) -> dict[str, int]:
+    """Records per shard: from the writer's ``<name>-counts.json``, else by reading them."""
+    counts: dict[str, int] = {}
+    for path in sorted(files):
+        name = os.path.basename(path)
+        sidecar = os.path.join(os.path.dirname(path),
+                               re.sub(r"-\d{5}-of-\d{5}\.tfrecord$", "", name) + "-counts.json")
+        if os.path.isfile(sidecar):
+            with open(sidecar, encoding="utf-8") as f:
+                known = json.load(f)
+            if name in known:
+                counts[path] = int(known[name])
+                continue
+        logging.warning("no record count for %s: reading it to count", path)
+        counts[path] = int(tf.data.TFRecordDataset(path).reduce(0, lambda n, _: n + 1))
+    return counts
+
+
+def eval_batches(source, batch_size: int, process_count: int) -> int:
+    """Batches every host must run so that all hosts stay in step: the largest share.
+
+    Pass it to ``eval_dataset(num_batches=...)`` on every host of a multi-host eval.
+    """
+    if isinstance(source, TFDSSource):
+        import tensorflow_datasets as tfds
+        info = tfds.builder(source.name, data_dir=source.data_dir).info
+        shares = [info.splits[s].num_examples for s in tfds.even_splits(source.split, n=process_count)]
+    else:
+        counts = record_counts(source)
+        shares = []
+        for index in range(process_count):
+            files, by_record = host_shard(list(counts), index, process_count)
+            total = sum(counts[f] for f in files)
+            shares.append(len(range(index, total, process_count)) if by_record else total)
+    return max(math.ceil(share / batch_size) for share in shares)

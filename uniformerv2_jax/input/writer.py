@@ -92,8 +92,8 @@ def read_frame_folder(path: str, short_side: int = 256) -> np.ndarray:
 
 
 def _write_shard(entries: Sequence[VideoEntry], path: str, fps: float, short_side: int,
-                 quality: int) -> list[dict]:
-    """Writes one shard (atomically); returns the failures."""
+                 quality: int) -> tuple[list[dict], int]:
+    """Writes one shard (atomically); returns the failures and the records written."""
     import tensorflow as tf
 
     from uniformerv2_jax.input import records
@@ -115,7 +115,7 @@ def _write_shard(entries: Sequence[VideoEntry], path: str, fps: float, short_sid
             writer.write(records.encode_clip(jpegs, entry.label, entry.label_text, entry.path,
                                              start_us, end_us, None if folder else fps))
     os.replace(tmp, path)
-    return failures
+    return failures, len(entries) - len(failures)
 
 
 def write_records(entries: Sequence[VideoEntry], output_dir: str | os.PathLike, name: str,
@@ -136,22 +136,30 @@ def write_records(entries: Sequence[VideoEntry], output_dir: str | os.PathLike, 
     todo = [i for i, p in enumerate(paths) if not os.path.exists(p)]
     failures_file = output_dir / f"{name}-failures.json"
     failures = json.loads(failures_file.read_text()) if failures_file.exists() else []
+    counts_file = output_dir / f"{name}-counts.json"  # records per shard, for eval planning
+    counts = json.loads(counts_file.read_text()) if counts_file.exists() else {}
     if workers is None:
         workers = min(os.cpu_count() or 1, len(todo))
     jobs = [(entries[i::num_shards], paths[i], fps, short_side, quality) for i in todo]
     bar = _progress(len(todo), f"writing {name}", progress)
+
+    def done(job, result):
+        failures.extend(result[0])
+        counts[os.path.basename(job[1])] = result[1]
+        bar.update(1)
+
     if workers == 0 or len(jobs) <= 1:  # in this process
         for job in jobs:
-            failures += _write_shard(*job)
-            bar.update(1)
+            done(job, _write_shard(*job))
     else:
         context = multiprocessing.get_context("spawn")  # TF and fork do not mix
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for future in concurrent.futures.as_completed([pool.submit(_write_shard, *j) for j in jobs]):
-                failures += future.result()
-                bar.update(1)
+            futures = {pool.submit(_write_shard, *job): job for job in jobs}
+            for future in concurrent.futures.as_completed(futures):
+                done(futures[future], future.result())
     bar.close()
     failures_file.write_text(json.dumps(failures, indent=1))
+    counts_file.write_text(json.dumps(dict(sorted(counts.items())), indent=1))
     if failures:
         logging.warning("%d videos failed to decode and were skipped; see %s",
                         len(failures), failures_file)
