@@ -1,8 +1,9 @@
 """tf.data pipelines: training clips and multi-view eval, from DMVR records or TFDS.
 
-``source`` is a list of TFRecord shards or a :class:`sources.TFDSSource`. Data flow:
-this host's share -> (training) shuffle of the still-ENCODED clips
-(decoded frames in a shuffle buffer would exhaust host RAM) -> check -> sample frame
+``source`` is a list of TFRecord shards or a :class:`sources.TFDSSource`; each host
+(``process_index`` of ``process_count``, by default JAX's) reads its own share. Data flow:
+this host's share -> (training) shuffle of the SERIALISED records (decoded frames in a
+shuffle buffer would exhaust host RAM) -> parse and check -> sample frame
 indices -> decode only those JPEGs -> augment -> batch. Randomness is stateless and keyed
 by (seed, record position), so a pipeline is deterministic given its seed.
 """
@@ -64,7 +65,8 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
                   ratio: Sequence[float] = (3 / 4, 4 / 3), dense_stride: int | None = None,
                   mean: Sequence[float] = transforms.UNIFORMERV2_MEAN,
                   std: Sequence[float] = transforms.UNIFORMERV2_STD,
-                  shuffle_buffer: int = 1024, process_index: int = 0, process_count: int = 1,
+                  shuffle_buffer: int = 1024, process_index: int | None = None,
+                  process_count: int | None = None,
                   num_classes: int | None = None, on_bad_record: str = "skip",
                   mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
                   mix_switch_prob: float = 0.5, label_smoothing: float = 0.0,
@@ -85,8 +87,8 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
     augment = randaugment.parse_spec(randaugment_spec) if randaugment_spec else None
     if mixing_on and not num_classes:
         raise ValueError("mixup_alpha/cutmix_alpha/label_smoothing need num_classes")
-    ds = sources.clips(source, process_index, process_count, shuffle_seed=seed)
-    ds = ds.repeat().shuffle(shuffle_buffer, seed=seed)
+    ds = sources.clips(source, process_index, process_count, shuffle_seed=seed,
+                       shuffle_buffer=shuffle_buffer, repeat=True)
     ds = _checked_clips(ds, num_classes, on_bad_record)
 
     def count_bad(skipped, item):  # a running count of bad clips rides along each example
@@ -136,7 +138,7 @@ def eval_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int,
                  num_clips: int = 4, num_crops: int = 3, dense_stride: int | None = None,
                  mean: Sequence[float] = transforms.UNIFORMERV2_MEAN,
                  std: Sequence[float] = transforms.UNIFORMERV2_STD,
-                 process_index: int = 0, process_count: int = 1,
+                 process_index: int | None = None, process_count: int | None = None,
                  num_classes: int | None = None, on_bad_record: str = "skip",
                  num_batches: int | None = None,
                  dtype: tf.DType = tf.float32) -> tf.data.Dataset:

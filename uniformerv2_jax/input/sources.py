@@ -83,12 +83,27 @@ def tfds_clips(source: TFDSSource, process_index: int, process_count: int,
                                      "filename": tf.constant(b"")}))
 
 
-def clips(source, process_index: int, process_count: int,
-          shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """Serialised records from a list of shards are parsed here; TFDS examples pass through."""
+def clips(source, process_index: int | None = None, process_count: int | None = None,
+          shuffle_seed: int | None = None, shuffle_buffer: int | None = None,
+          repeat: bool = False) -> tf.data.Dataset:
+    """This host's ``(origin, clip)`` pairs; hosts default to JAX's process index and count.
+
+    With ``shuffle_buffer``, records are shuffled while still serialised (decoded frames
+    in a shuffle buffer would exhaust host RAM) and parsed after.
+    """
+    if process_index is None or process_count is None:
+        import jax
+        process_index, process_count = jax.process_index(), jax.process_count()
     if isinstance(source, TFDSSource):
-        return tfds_clips(source, process_index, process_count, shuffle_seed)
-    ds = record_clips(source, process_index, process_count, shuffle_seed)
+        ds = tfds_clips(source, process_index, process_count, shuffle_seed)
+    else:
+        ds = record_clips(source, process_index, process_count, shuffle_seed)
+    if repeat:
+        ds = ds.repeat()
+    if shuffle_buffer:
+        ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed)
+    if isinstance(source, TFDSSource):
+        return ds
     return ds.map(lambda shard, r: (shard, records.parse_clip(r)), num_parallel_calls=AUTOTUNE,
                   deterministic=True)
 
