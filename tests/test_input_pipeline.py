@@ -150,8 +150,10 @@ def test_bad_records_can_stop_the_run_naming_the_shard(tmp_path):
 def test_train_batches_carry_soft_targets_with_mixup(shards):
     ds = pipeline.train_dataset(shards, batch_size=4, clip_frames=4, crop_size=24, seed=0,
                                 num_classes=12, mixup_alpha=0.8, cutmix_alpha=1.0,
-                                label_smoothing=0.1, randaugment_spec="rand-m7-n4-mstd0.5-inc1")
+                                label_smoothing=0.1, randaugment_spec="rand-m7-n4-mstd0.5-inc1",
+                                dtype=tf.bfloat16)
     batch = next(iter(ds))
+    assert batch["video"].dtype == tf.bfloat16
     assert batch["targets"].shape == (4, 12)
     np.testing.assert_allclose(batch["targets"].numpy().sum(1), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="need num_classes"):
