@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import optax
 
@@ -70,6 +71,7 @@ def make_optimizer(params: Any, *, base_lr: float, total_steps: int, warmup_step
                    warmup_start_lr: float = 1e-6, end_lr: float = 1e-6, frozen: bool = False,
                    decay_embeddings: bool = True) -> optax.GradientTransformation:
     """The official AdamW for ``params`` (their structure fixes the masks)."""
+    params = nn.unbox(params)
     schedule = learning_rate_schedule(base_lr, total_steps, warmup_steps, warmup_start_lr, end_lr)
     adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                         mask=lambda p: decay_mask(p, decay_embeddings))

@@ -1,0 +1,85 @@
+"""The training state and the train / eval steps, pure functions to be jitted.
+
+One step, top to bottom: forward in training mode (dropout, drop-path, BatchNorm batch
+statistics), cross-entropy against hard labels or soft targets (label smoothing,
+mixup/cutmix), gradients, the optax update, metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from uniformerv2_jax.model import UniFormerV2
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def create_train_state(model: UniFormerV2, tx: optax.GradientTransformation, variables: dict,
+                       rng: jax.Array) -> TrainState:
+    """A state from model variables (converted weights or ``model.init``)."""
+    variables = nn.unbox(variables)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                      rng=rng)
+
+
+def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """Mean cross-entropy; ``targets`` are class ids (B,) or distributions (B, C)."""
+    if targets.ndim == 1:
+        targets = jax.nn.one_hot(targets, logits.shape[-1])
+    return -jnp.mean(jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), -1))
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    """(B,) 1.0 where the label is among the k largest logits."""
+    k = min(k, logits.shape[-1])
+    return jnp.any(jax.lax.top_k(logits, k)[1] == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def train_step(state: TrainState, batch: dict, model: UniFormerV2,
+               tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
+    """One optimisation step on ``batch`` (``video``, ``label``, optional ``targets``)."""
+    rng, dropout_rng = jax.random.split(state.rng)
+    targets = batch.get("targets", batch["label"])
+
+    def loss_fn(params):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": state.batch_stats}, batch["video"], train=True,
+            rngs={"dropout": dropout_rng}, mutable=["batch_stats"])
+        return cross_entropy(logits, targets), (logits, updates.get("batch_stats", {}))
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": loss,
+        "top1": topk_correct(logits, batch["label"], 1).mean(),
+        "top5": topk_correct(logits, batch["label"], 5).mean(),
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
+    }
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
+                              opt_state=opt_state, rng=rng)
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch: dict, model: UniFormerV2) -> jax.Array:
+    """Softmax averaged over the views of each video: ``video`` (B, V, T, H, W, 3) -> (B, C)."""
+    b, v = batch["video"].shape[:2]
+    clips = batch["video"].reshape(b * v, *batch["video"].shape[2:])
+    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, clips)
+    return jax.nn.softmax(logits.astype(jnp.float32), -1).reshape(b, v, -1).mean(axis=1)
