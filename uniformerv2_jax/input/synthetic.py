@@ -1,11 +1,11 @@
 """A synthetic video task that only temporal models can solve, written as real videos.
 
-A square orbits a random centre on a random textured background, once per clip, and
-changes shade halfway. The class is the orbit's direction (clockwise or counter-clockwise)
-and whether the square turns bright or dark. Start angle and colours are random, so every
-frame, and the set of frames of a clip (a dark half-circle and a bright one), has the
-same distribution in every class: a model that sees single frames, or averages frames
-over time, stays at chance (25%). The class is only in the order of the frames.
+A square travels half an orbit around a random centre on a random textured background
+and changes shade halfway. The class is the direction (clockwise or counter-clockwise)
+and whether the square turns bright or dark. Start angle and colours are random, so a
+single frame, and the set of frames of a clip (a random half-circle, half dark and half
+bright), have the same distribution in every class: a model that sees single frames, or
+averages frames over time, stays at chance (25%). The class is only in the frames' order.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def render_clip(label: int, rng: np.random.Generator, frames: int = 32, size: in
     yy, xx = np.mgrid[0:size, 0:size]
     video = np.empty((frames, size, size, 3), np.uint8)
     for t in range(frames):
-        angle = start + direction * 2 * np.pi * t / frames
+        angle = start + direction * np.pi * t / frames  # half a turn: small steps
         cy, cx = centre[0] + radius * np.sin(angle), centre[1] + radius * np.cos(angle)
         inside = (np.abs(yy - cy) <= half) & (np.abs(xx - cx) <= half)
         frame = background.copy()
