@@ -1,11 +1,12 @@
 """A synthetic video task that only temporal models can solve, written as real videos.
 
-A square travels half an orbit around a random centre on a random textured background
-and changes shade halfway. The class is the direction (clockwise or counter-clockwise)
-and whether the square turns bright or dark. Start angle and colours are random, so a
-single frame, and the set of frames of a clip (a random half-circle, half dark and half
-bright), have the same distribution in every class: a model that sees single frames, or
-averages frames over time, stays at chance (25%). The class is only in the frames' order.
+A square wanders (a reflected random walk, started from its uniform stationary
+distribution) over a random textured background and changes shade halfway: the class is
+whether it turns bright or dark. The two classes are exact time reversals of each other
+in distribution (the walk is reversible, and reversing time swaps brightening and
+darkening), so single frames and the set of frames of a clip have the same distribution
+in both: any model that sees single frames, or pools frames without their order, is at
+chance (50%). The class is only in the order of the frames.
 """
 
 from __future__ import annotations
@@ -15,33 +16,32 @@ from pathlib import Path
 
 import numpy as np
 
-CLASSES = ("clockwise_brightening", "counterclockwise_brightening",
-           "clockwise_darkening", "counterclockwise_darkening")
+CLASSES = ("brightening", "darkening")
 
 
 def render_clip(label: int, rng: np.random.Generator, frames: int = 32, size: int = 64) -> np.ndarray:
     """One clip of class ``label``: (frames, size, size, 3) uint8."""
-    direction = -1.0 if label % 2 == 0 else 1.0  # image y points down: -1 is clockwise
     hue = rng.uniform(0, 1, 3)
     dark, bright = 30 + 60 * hue, 165 + 90 * hue
-    first, second = (dark, bright) if label < 2 else (bright, dark)
+    first, second = (dark, bright) if label == 0 else (bright, dark)
     # Smooth random texture: low-resolution noise upsampled, in mid tones.
     coarse = rng.uniform(70, 150, (8, 8, 3))
     background = np.kron(coarse, np.ones((size // 8, size // 8, 1)))
     background += rng.normal(0, 6, background.shape)
-    radius = rng.uniform(0.2, 0.3) * size
-    centre = size / 2 + rng.uniform(-0.06, 0.06, 2) * size
     half = rng.uniform(0.08, 0.12) * size
-    start = rng.uniform(0, 2 * np.pi)
+    low, high = half, size - 1 - half
+    position = rng.uniform(low, high, 2)
     yy, xx = np.mgrid[0:size, 0:size]
     video = np.empty((frames, size, size, 3), np.uint8)
     for t in range(frames):
-        angle = start + direction * np.pi * t / frames  # half a turn: small steps
-        cy, cx = centre[0] + radius * np.sin(angle), centre[1] + radius * np.cos(angle)
-        inside = (np.abs(yy - cy) <= half) & (np.abs(xx - cx) <= half)
+        inside = (np.abs(yy - position[0]) <= half) & (np.abs(xx - position[1]) <= half)
         frame = background.copy()
         frame[inside] = first if t < frames // 2 else second
         video[t] = np.clip(frame, 0, 255)
+        # Reflect at the borders: the walk stays reversible.
+        position = position + rng.normal(0, 0.04 * size, 2)
+        position = np.where(position < low, 2 * low - position, position)
+        position = np.where(position > high, 2 * high - position, position)
     return video
 
 
