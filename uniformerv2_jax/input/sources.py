@@ -111,16 +111,19 @@ def clips(source, process_index: int | None = None, process_count: int | None = 
 def record_counts(files: Sequence[str]) -> dict[str, int]:
     """Records per shard: from the writer's ``<name>-counts.json``, else by reading them."""
     counts: dict[str, int] = {}
+    sidecars: dict[str, dict] = {}  # each sidecar read once, not once per shard
     for path in sorted(files):
         name = os.path.basename(path)
         sidecar = os.path.join(os.path.dirname(path),
                                re.sub(r"-\d{5}-of-\d{5}\.tfrecord$", "", name) + "-counts.json")
-        if os.path.isfile(sidecar):
-            with open(sidecar, encoding="utf-8") as f:
-                known = json.load(f)
-            if name in known:
-                counts[path] = int(known[name])
-                continue
+        if sidecar not in sidecars:
+            sidecars[sidecar] = {}
+            if os.path.isfile(sidecar):
+                with open(sidecar, encoding="utf-8") as f:
+                    sidecars[sidecar] = json.load(f)
+        if name in sidecars[sidecar]:
+            counts[path] = int(sidecars[sidecar][name])
+            continue
         logging.warning("no record count for %s: reading it to count", path)
         counts[path] = int(tf.data.TFRecordDataset(path).reduce(0, lambda n, _: n + 1))
     return counts
