@@ -209,3 +209,23 @@ def test_tfds_datasets_go_through_the_same_pipeline(tmp_path):
     assert sorted(seen) == list(range(6))
     train = pipeline.train_dataset(source, batch_size=3, clip_frames=4, crop_size=16, seed=0)
     assert next(iter(train))["video"].shape == (3, 4, 16, 16, 3)
+
+
+def test_train_stream_resumes_exactly_after_any_batch(shards):
+    """12 clips, batch 5: batches cross epoch ends; a restart from (epoch, position + 1) of
+    the last consumed example continues with the very same batches (videos, labels, mixes)."""
+    kwargs = dict(batch_size=5, clip_frames=4, crop_size=16, seed=3, shuffle_buffer=8,
+                  num_classes=12, mixup_alpha=0.8, repeated_augment=2)
+    full = list(pipeline.train_dataset(shards, **kwargs).take(7).as_numpy_iterator())
+    # Each epoch holds every clip twice (repeated augmentation), in a new order per epoch.
+    epochs = np.concatenate([b["epoch"] for b in full])
+    first_epoch = np.concatenate([b["label"] for b in full])[epochs == 0]
+    assert sorted(first_epoch.tolist()) == sorted(list(range(12)) * 2)
+    assert not np.array_equal(first_epoch, np.concatenate([b["label"] for b in full])[epochs == 1][:24])
+    for k in (1, 4):  # batch 4 ends inside epoch 1
+        start = (int(full[k]["epoch"][-1]), int(full[k]["position"][-1]) + 1)
+        resumed = list(pipeline.train_dataset(shards, start=start, **kwargs).take(7 - k - 1)
+                       .as_numpy_iterator())
+        for a, b in zip(full[k + 1:], resumed):
+            for key in ("video", "targets", "label", "epoch", "position"):
+                np.testing.assert_array_equal(a[key], b[key])

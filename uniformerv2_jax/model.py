@@ -113,12 +113,14 @@ class GlobalUniBlock(nn.Module):
     num_heads: int
     mlp_factor: float
     dtype: Dtype = jnp.float32
+    dpe: bool = True
 
     @nn.compact
     def __call__(self, query: Array, tokens: Array, drop_path_rate=0.0,
                  mlp_dropout=0.0, train: bool = False) -> Array:
         n, t, length, c = tokens.shape
-        tokens = add_to_patches(tokens, DepthwiseConv3D((3, 3, 3), name="dpe"))
+        if self.dpe:
+            tokens = add_to_patches(tokens, DepthwiseConv3D((3, 3, 3), name="dpe"))
         tokens = nn.with_logical_constraint(
             tokens.reshape(n, t * length, c), ("batch", "tokens", "embed"))
         # Query-side matmuls see one token per clip: float32 costs nothing there, while
@@ -146,6 +148,7 @@ class UniLayer(nn.Module):
     global_heads: int
     mlp_factor: float
     frozen: bool
+    dpe: bool
     dtype: Dtype = jnp.float32
     # Which rates are non-zero anywhere in the run: under nn.scan rates are traced, and a
     # rate that is zero in every layer is dropped statically (no RNG, no masks).
@@ -161,7 +164,7 @@ class UniLayer(nn.Module):
         if self.tapped:
             # A frozen backbone gets no gradient (the official recipe freezes it).
             tokens = jax.lax.stop_gradient(x) if self.frozen else x
-            query = GlobalUniBlock(self.global_heads, self.mlp_factor, self.dtype,
+            query = GlobalUniBlock(self.global_heads, self.mlp_factor, self.dtype, self.dpe,
                                    name="global")(query, tokens, rates[1], rates[2], train)
             self.sow("intermediates", "query", query)
         return (x, query), None
@@ -255,6 +258,9 @@ class UniFormerV2(nn.Module):
     cls_dropout: float = 0.5
     num_classes: int = 400
     frozen: bool = False
+    # Ablation (no official counterpart): without DPE and local MHRA nothing in the model
+    # sees frame order; the demo's order-blind baseline.
+    dpe: bool = True
     # Implementation.
     dtype: Any = jnp.float32  # compute dtype; parameters and accumulation stay float32
     scan: bool = False  # nn.scan over runs of identical layers: compile time O(1) in depth
@@ -321,7 +327,7 @@ class UniFormerV2(nn.Module):
                 **scan_kwargs)
         active = tuple(any(r[k] > 0 for r in rates) for k in range(3))
         return cls(self.heads, not self.no_lmhra, self.double_lmhra, self.dw_reduction,
-                   tapped, self.n_head, self.mlp_factor, self.frozen, self.dtype, active,
+                   tapped, self.n_head, self.mlp_factor, self.frozen, self.dpe, self.dtype, active,
                    name=name)
 
     @nn.compact

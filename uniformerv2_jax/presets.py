@@ -79,8 +79,8 @@ def official_kwargs(model: UniFormerV2) -> dict[str, Any]:
     """The official constructor arguments that describe ``model`` (JSON-serialisable)."""
     out = {}
     for name in MODEL_FIELDS:
-        if name in ("dtype", "scan", "remat"):
-            continue
+        if name in ("dtype", "scan", "remat") or (name == "dpe" and model.dpe):
+            continue  # implementation choices; ``dpe`` only when the ablation is on
         value = getattr(model, name)
         out[name] = list(value) if isinstance(value, tuple) else value
     out["n_layers"] = len(model.return_list)

@@ -136,7 +136,8 @@ def official_rules(model: UniFormerV2) -> list[Rule]:
         rules += _norm(pre + "ln_2.", p + block + ("ln_2",))
     for j, i in enumerate(model.return_list):
         dec = p + (f"layer_{i}", "global")
-        rules += _depthwise(f"transformer.dpe.{j}.", dec + ("dpe",))
+        if model.dpe:
+            rules += _depthwise(f"transformer.dpe.{j}.", dec + ("dpe",))
         rules += _attention(f"transformer.dec.{j}.attn.", dec + ("attn",), model.n_head)
         for ln in ("ln_1", "ln_2", "ln_3"):
             rules += _norm(f"transformer.dec.{j}.{ln}.", dec + (ln,))

@@ -70,39 +70,56 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
                   num_classes: int | None = None, on_bad_record: str = "skip",
                   mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
                   mix_switch_prob: float = 0.5, label_smoothing: float = 0.0,
-                  randaugment_spec: str | None = None,
+                  randaugment_spec: str | None = None, repeated_augment: int = 1,
+                  start: tuple[int, int] = (0, 0),
                   dtype: tf.DType = tf.float32) -> tf.data.Dataset:
-    """Endless training batches ``{'video': (B, T, S, S, 3), 'label': (B,)}`` for this host.
+    """Endless training batches ``{'video': (B, T, S, S, 3), 'label': (B,), ...}`` for this host.
 
     Sparse (TSN) sampling by default; ``dense_stride`` selects dense sampling with that
     frame stride. ``flip`` must be off for direction-dependent labels (Something-Something).
     ``randaugment_spec`` (e.g. ``"rand-m7-n4-mstd0.5-inc1"``, the official setting) runs
     RandAugment on the cropped clip (the official code runs it before cropping, at full
-    resolution; same operations, a fraction of the cost). Bad records are handled as
-    ``on_bad_record`` says (see :func:`_checked_clips`);
-    ``skipped`` in each batch counts those skipped so far on this host. With mixup,
-    cutmix or label smoothing, batches also hold soft ``targets`` (B, num_classes).
+    resolution; same operations, a fraction of the cost). ``repeated_augment`` = k puts k
+    differently augmented copies of each clip in the stream (the official SSv2 recipe uses
+    2). With mixup, cutmix or label smoothing, batches also hold soft ``targets`` (B, C).
+
+    The stream is a pure function of ``seed``: epoch e shuffles the shards and records
+    with the key (seed, e), and each example's augmentation is keyed by (seed, e, its
+    position in the epoch). Every example carries ``epoch`` and ``position``; a run that
+    consumed up to (e, p) resumes exactly with ``start=(e, p + 1)``, replaying only the
+    reading and parsing of epoch e up to there. Bad records are handled as
+    ``on_bad_record`` says (see :func:`_checked_clips`); ``skipped`` counts those met so far
+    in the example's epoch on this host.
     """
     mixing_on = mixup_alpha > 0 or cutmix_alpha > 0 or label_smoothing > 0
     augment = randaugment.parse_spec(randaugment_spec) if randaugment_spec else None
     if mixing_on and not num_classes:
         raise ValueError("mixup_alpha/cutmix_alpha/label_smoothing need num_classes")
-    ds = sources.clips(source, process_index, process_count, shuffle_seed=seed,
-                       shuffle_buffer=shuffle_buffer, repeat=True)
-    ds = _checked_clips(ds, num_classes, on_bad_record)
+    if repeated_augment < 1:
+        raise ValueError(f"repeated_augment={repeated_augment} must be at least 1")
+    start_epoch, start_position = (int(v) for v in start)
+    seed = tf.constant(seed, tf.int64)
 
     def count_bad(skipped, item):  # a running count of bad clips rides along each example
         clip, valid = item
         skipped += tf.cast(~valid, tf.int64)
         return skipped, (clip, valid, skipped)
 
-    ds = ds.scan(tf.constant(0, tf.int64), count_bad)
-    ds = ds.filter(lambda clip, valid, skipped: valid).enumerate()
+    def epoch_examples(epoch):
+        ds = sources.clips(source, process_index, process_count,
+                           epoch_seed=tf.stack([seed, epoch]), shuffle_buffer=shuffle_buffer)
+        ds = _checked_clips(ds, num_classes, on_bad_record).scan(tf.constant(0, tf.int64), count_bad)
+        ds = ds.filter(lambda clip, valid, skipped: valid)
+        ds = ds.flat_map(lambda clip, valid, skipped: tf.data.Dataset.from_tensors(
+            (clip, skipped)).repeat(repeated_augment))
+        ds = ds.enumerate().map(lambda position, item: (epoch, position, *item))
+        return ds.skip(tf.where(epoch == start_epoch, tf.constant(start_position, tf.int64), 0))
 
-    def load(position, item):
-        clip, _, skipped = item
-        seeds = tf.random.experimental.stateless_split(
-            tf.stack([tf.constant(seed, tf.int64), position]), 4)
+    ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch_examples)
+
+    def load(epoch, position, clip, skipped):
+        key = tf.random.experimental.stateless_fold_in(tf.stack([seed, epoch]), position)
+        seeds = tf.random.experimental.stateless_split(key, 4)
         n = tf.shape(clip["frames"])[0]
         if dense_stride is None:
             indices = sampling.sparse_train_indices(n, clip_frames, seeds[0])
@@ -118,18 +135,20 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
         video = tf.ensure_shape(transforms.normalize(video, mean, std),
                                 (clip_frames, crop_size, crop_size, 3))
         return {"video": tf.cast(video, dtype), "label": tf.cast(clip["label"], tf.int32),
-                "skipped": skipped}
+                "skipped": skipped, "epoch": epoch, "position": position}
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     if on_bad_record == "skip":  # undecodable JPEGs
         ds = ds.ignore_errors(log_warning=True)
     ds = ds.batch(batch_size, drop_remainder=True)
     if mixing_on:
-        ds = ds.enumerate().map(
-            lambda step, batch: mixing.mix_batch(
-                batch, tf.stack([tf.constant(seed, tf.int64), -1 - step]), num_classes,
-                mixup_alpha, cutmix_alpha, mix_switch_prob, label_smoothing),
-            num_parallel_calls=AUTOTUNE, deterministic=True)
+        def mix(batch):  # keyed by the batch's first example: the same after a resume
+            key = tf.random.experimental.stateless_fold_in(
+                tf.stack([seed, -1 - batch["epoch"][0]]), batch["position"][0])
+            return mixing.mix_batch(batch, key, num_classes, mixup_alpha, cutmix_alpha,
+                                    mix_switch_prob, label_smoothing)
+
+        ds = ds.map(mix, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.prefetch(AUTOTUNE)
 
 

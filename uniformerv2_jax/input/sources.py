@@ -50,15 +50,20 @@ def host_shard(files: Sequence[str], process_index: int, process_count: int
 
 
 def record_clips(files: Sequence[str], process_index: int, process_count: int,
-                 shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """(shard path, parsed clip) from this host's DMVR shards, records shuffled by file."""
+                 order_seed: tf.Tensor | None = None) -> tf.data.Dataset:
+    """(shard path, serialised record) from this host's DMVR shards, one pass.
+
+    ``order_seed`` ((2,) int64) shuffles the file order statelessly: the same seed gives
+    the same order in every run, which is what makes a resumed epoch identical.
+    """
     for path in files:
         if not tf.io.gfile.exists(path):
             raise FileNotFoundError(f"input file not found: {path}")
     files, by_record = host_shard(files, process_index, process_count)
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(files), seed=shuffle_seed, reshuffle_each_iteration=True)
+    names = tf.constant(files)
+    if order_seed is not None:
+        names = tf.random.experimental.stateless_shuffle(names, order_seed)
+    ds = tf.data.Dataset.from_tensor_slices(names)
     ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f).map(lambda r: (f, r)),
                        cycle_length=min(len(files), 16), num_parallel_calls=AUTOTUNE,
                        deterministic=True)
@@ -67,16 +72,13 @@ def record_clips(files: Sequence[str], process_index: int, process_count: int,
     return ds
 
 
-def tfds_clips(source: TFDSSource, process_index: int, process_count: int,
-               shuffle_seed: int | None = None) -> tf.data.Dataset:
-    """(dataset name, clip) from this host's even share of a TFDS split."""
+def tfds_clips(source: TFDSSource, process_index: int, process_count: int) -> tf.data.Dataset:
+    """(dataset name, clip) from this host's even share of a TFDS split, in file order."""
     import tensorflow_datasets as tfds
 
     split = tfds.even_splits(source.split, n=process_count)[process_index]
-    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed)
     ds = tfds.load(source.name, split=split, data_dir=source.data_dir, download=False,
-                   shuffle_files=shuffle_seed is not None, read_config=read_config,
-                   decoders={source.video_key: tfds.decode.SkipDecoding()})
+                   shuffle_files=False, decoders={source.video_key: tfds.decode.SkipDecoding()})
     name = tf.constant(f"tfds:{source.name}/{source.split}")
     return ds.map(lambda ex: (name, {"frames": ex[source.video_key],
                                      "label": tf.cast(ex[source.label_key], tf.int64),
@@ -84,24 +86,25 @@ def tfds_clips(source: TFDSSource, process_index: int, process_count: int,
 
 
 def clips(source, process_index: int | None = None, process_count: int | None = None,
-          shuffle_seed: int | None = None, shuffle_buffer: int | None = None,
-          repeat: bool = False) -> tf.data.Dataset:
-    """This host's ``(origin, clip)`` pairs; hosts default to JAX's process index and count.
+          epoch_seed: tf.Tensor | None = None, shuffle_buffer: int | None = None
+          ) -> tf.data.Dataset:
+    """One pass over this host's ``(origin, clip)`` pairs; hosts default to JAX's.
 
-    With ``shuffle_buffer``, records are shuffled while still serialised (decoded frames
-    in a shuffle buffer would exhaust host RAM) and parsed after.
+    With ``epoch_seed`` ((2,) int64, e.g. ``[seed, epoch]``) the pass is shuffled as a pure
+    function of it: record shards in a seeded order, then records in a buffer of
+    ``shuffle_buffer``, while still serialised (decoded frames in a shuffle buffer would
+    exhaust host RAM), and parsed after. TFDS splits keep their file order.
     """
     if process_index is None or process_count is None:
         import jax
         process_index, process_count = jax.process_index(), jax.process_count()
     if isinstance(source, TFDSSource):
-        ds = tfds_clips(source, process_index, process_count, shuffle_seed)
+        ds = tfds_clips(source, process_index, process_count)
     else:
-        ds = record_clips(source, process_index, process_count, shuffle_seed)
-    if repeat:
-        ds = ds.repeat()
-    if shuffle_buffer:
-        ds = ds.shuffle(shuffle_buffer, seed=shuffle_seed)
+        ds = record_clips(source, process_index, process_count, epoch_seed)
+    if epoch_seed is not None and shuffle_buffer:
+        buffer_seed = tf.cast(tf.random.experimental.stateless_fold_in(epoch_seed, 1)[0], tf.int64)
+        ds = ds.shuffle(shuffle_buffer, seed=buffer_seed, reshuffle_each_iteration=False)
     if isinstance(source, TFDSSource):
         return ds
     return ds.map(lambda shard, r: (shard, records.parse_clip(r)), num_parallel_calls=AUTOTUNE,
