@@ -53,3 +53,62 @@ def randomize(variables: dict, seed: int = 1) -> dict:
             values = np.abs(values) + 0.5
         out.append(jnp.asarray(values, leaf.dtype))
     return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def write_synthetic_records(directory: Path, per_class: int, seed: int, num_shards: int = 2,
+                            frames: int = 16, size: int = 32) -> str:
+    """The synthetic temporal task as DMVR shards (JPEG frames, no video files); returns a glob."""
+    import tensorflow as tf
+
+    from uniformerv2_jax.input import records, synthetic
+
+    rng = np.random.default_rng(seed)
+    clips = [(label, synthetic.render_clip(label, rng, frames, size))
+             for _ in range(per_class) for label in range(2)]
+    directory.mkdir(parents=True, exist_ok=True)
+    for shard in range(num_shards):
+        path = directory / records.shard_name("clips", shard, num_shards)
+        with tf.io.TFRecordWriter(str(path)) as writer:
+            for i, (label, video) in enumerate(clips[shard::num_shards]):
+                jpegs = [tf.io.encode_jpeg(frame, quality=95).numpy() for frame in video]
+                writer.write(records.encode_clip(jpegs, label, synthetic.CLASSES[label], f"v{shard}_{i}"))
+    return str(directory / "clips-*")
+
+
+@pytest.fixture(scope="session")
+def synthetic_records(tmp_path_factory) -> dict:
+    """Small train (16 clips) and validation (10 clips) sets of the synthetic task."""
+    root = tmp_path_factory.mktemp("synthetic")
+    return {"train": write_synthetic_records(root / "train", 8, seed=0),
+            "val": write_synthetic_records(root / "val", 5, seed=1)}
+
+
+def tiny_train_config(records: dict, **overrides):
+    """configs/synthetic.py shrunk: a 2-layer model on 4 frames of 32x32, batch 8."""
+    import sys
+
+    sys.path.insert(0, str(ROOT))
+    from configs import synthetic
+
+    from uniformerv2_jax.config import model_config
+
+    c = synthetic.get_config("temporal")
+    c.model = model_config("B/16", **tiny_fields(layers=2, return_list=(1,), num_classes=2,
+                                                 mlp_dropout=0.0, cls_dropout=0.0))
+    c.data.train, c.data.val = records["train"], records["val"]
+    c.data.class_names = ""
+    c.data.frames, c.data.crop = 4, 32
+    c.data.shuffle_buffer = 16
+    c.data.test_clips, c.data.test_crops = 2, 3
+    c.batch_size = c.eval_batch_size = 8
+    c.train_steps = 6
+    c.optim.warmup_epochs = 0.0
+    c.log_every = c.checkpoint_every = 2
+    c.eval_every = 100
+    for key, value in overrides.items():
+        target = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            target = target[p]
+        target[leaf] = value
+    return c

@@ -43,7 +43,7 @@ def test_weight_decay_spares_one_dimensional_parameters(scan):
     assert not decay_mask(params, decay_embeddings=False)["positional_embedding"]
 
     # With zero gradients, AdamW changes exactly the decayed parameters.
-    tx = make_optimizer(params, base_lr=1e-2, total_steps=10, warmup_steps=0)
+    tx = make_optimizer(base_lr=1e-2, total_steps=10, warmup_steps=0)
     updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
     changed = jax.tree.map(lambda u: bool(jnp.any(u != 0)), updates)
     nonzero = jax.tree.map(lambda p: bool(jnp.any(p != 0)), params)
@@ -53,7 +53,7 @@ def test_weight_decay_spares_one_dimensional_parameters(scan):
 
 def test_frozen_recipe_trains_only_the_global_path_and_head():
     params = tiny_params(frozen=True)
-    tx = make_optimizer(params, base_lr=1e-3, total_steps=10, warmup_steps=0, frozen=True)
+    tx = make_optimizer(base_lr=1e-3, total_steps=10, warmup_steps=0, frozen=True)
     grads = jax.tree.map(jnp.ones_like, params)
     updates, _ = tx.update(grads, tx.init(params), params)
     moved = jax.tree.map(lambda u: bool(jnp.any(u != 0)), updates)
@@ -65,7 +65,7 @@ def test_frozen_recipe_trains_only_the_global_path_and_head():
 
 def test_gradients_are_clipped_to_the_global_norm():
     params = {"w": jnp.ones((3, 3))}
-    tx = make_optimizer(params, base_lr=1.0, total_steps=10, warmup_steps=0, clip_norm=1.0,
+    tx = make_optimizer(base_lr=1.0, total_steps=10, warmup_steps=0, clip_norm=1.0,
                         weight_decay=0.0, warmup_start_lr=1.0, end_lr=1.0)
     # Adam normalises the step, so check the clipped gradient through the first moment.
     _, state = tx.update({"w": jnp.full((3, 3), 100.0)}, tx.init(params), params)

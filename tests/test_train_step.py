@@ -18,7 +18,7 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
     video = random_video(model, batch=4)
     batch = {"video": video, "label": jnp.array([0, 1, 2, 3])}
     variables = jax.jit(model.init)(jax.random.key(0), video)
-    tx = make_optimizer(variables["params"], base_lr=3e-3, total_steps=20, warmup_steps=0,
+    tx = make_optimizer(base_lr=3e-3, total_steps=20, warmup_steps=0,
                         warmup_start_lr=3e-3, end_lr=3e-3)
     state = create_train_state(model, tx, variables, jax.random.key(1))
     step = jax.jit(functools.partial(train_step, model=model, tx=tx))
@@ -53,7 +53,7 @@ def test_eval_step_averages_softmax_over_views():
     model = UniFormerV2(**tiny_fields())
     views = random_video(model, batch=6).reshape(2, 3, 4, 32, 32, 3)
     variables = jax.jit(model.init)(jax.random.key(0), views[0])
-    state = create_train_state(model, make_optimizer(variables["params"], base_lr=1e-3,
+    state = create_train_state(model, make_optimizer(base_lr=1e-3,
                                                      total_steps=1, warmup_steps=0),
                                variables, jax.random.key(0))
     probs = jax.jit(functools.partial(eval_step, model=model))(state, {"video": views})

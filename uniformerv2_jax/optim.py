@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import flax.linen as nn
 import jax
 import optax
 
@@ -65,17 +64,18 @@ def trainable_mask(params: Any, frozen: bool) -> Any:
     return jax.tree_util.tree_map_with_path(trained, params)
 
 
-def make_optimizer(params: Any, *, base_lr: float, total_steps: int, warmup_steps: int,
+def make_optimizer(*, base_lr: float, total_steps: int, warmup_steps: int,
                    weight_decay: float = 0.05, b1: float = 0.9, b2: float = 0.999,
                    eps: float = 1e-8, clip_norm: float | None = 20.0,
                    warmup_start_lr: float = 1e-6, end_lr: float = 1e-6, frozen: bool = False,
                    decay_embeddings: bool = True) -> optax.GradientTransformation:
-    """The official AdamW for ``params`` (their structure fixes the masks)."""
-    params = nn.unbox(params)
+    """The official AdamW. Its masks are functions of the parameter tree, so the same
+    optimiser initialises from boxed (logically annotated) or plain parameters."""
     schedule = learning_rate_schedule(base_lr, total_steps, warmup_steps, warmup_start_lr, end_lr)
     adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                         mask=lambda p: decay_mask(p, decay_embeddings))
     chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
-    labels = jax.tree.map(lambda t: "train" if t else "freeze", trainable_mask(params, frozen))
+    labels = lambda p: jax.tree.map(lambda t: "train" if t else "freeze",  # noqa: E731
+                                    trainable_mask(p, frozen))
     chain.append(optax.multi_transform({"train": adamw, "freeze": optax.set_to_zero()}, labels))
     return optax.chain(*chain)

@@ -2,7 +2,9 @@
 
 One step, top to bottom: forward in training mode (dropout, drop-path, BatchNorm batch
 statistics), cross-entropy against hard labels or soft targets (label smoothing,
-mixup/cutmix), gradients, the optax update, metrics.
+mixup/cutmix), gradients, the optax update, metrics. A step whose loss or gradients are
+not finite, or whose update would make a parameter non-finite, changes nothing but the
+step counter and the RNG (``finite`` = 0 in its metrics): a NaN never reaches the parameters, the optimiser state or a checkpoint.
 """
 
 from __future__ import annotations
@@ -65,15 +67,23 @@ def train_step(state: TrainState, batch: dict, model: UniFormerV2,
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(params))
+    keep_if_finite = lambda new, old: jax.tree.map(  # noqa: E731
+        lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = state.replace(
+        step=state.step + 1, rng=rng,
+        params=keep_if_finite(params, state.params),
+        batch_stats=keep_if_finite(batch_stats, state.batch_stats),
+        opt_state=keep_if_finite(opt_state, state.opt_state))
     metrics = {
         "loss": loss,
         "top1": topk_correct(logits, batch["label"], 1).mean(),
         "top5": topk_correct(logits, batch["label"], 5).mean(),
-        "grad_norm": optax.tree.norm(grads),
-        "param_norm": optax.tree.norm(params),
+        "grad_norm": grad_norm,
+        "param_norm": optax.tree.norm(new_state.params),
+        "finite": finite.astype(jnp.float32),
     }
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
-                              opt_state=opt_state, rng=rng)
     return new_state, metrics
 
 

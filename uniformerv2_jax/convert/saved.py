@@ -18,6 +18,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,7 +53,7 @@ def save_converted(directory: str | os.PathLike, model: UniFormerV2, variables: 
     try:
         (staging / MODEL_FILE).write_text(json.dumps(model_fields(model), indent=1))
         checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(staging / VARIABLES_DIR, jax.tree.map(np.asarray, variables))
+        checkpointer.save(staging / VARIABLES_DIR, jax.tree.map(np.asarray, nn.unbox(variables)))
         checkpointer.wait_until_finished()
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")

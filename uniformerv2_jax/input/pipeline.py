@@ -10,7 +10,8 @@ by (seed, record position), so a pipeline is deterministic given its seed.
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import tensorflow as tf
 
@@ -172,27 +173,20 @@ def eval_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int,
     ds = _checked_clips(sources.clips(source, process_index, process_count), num_classes,
                         on_bad_record)
     num_views = num_clips * num_crops
-
-    def views(clip):
-        n = tf.shape(clip["frames"])[0]
-        out = []
-        for c in range(num_clips):
-            if dense_stride is None:
-                indices = sampling.sparse_test_indices(n, clip_frames, c, num_clips)
-            else:
-                offsets = sampling.dense_test_offsets(n, clip_frames, dense_stride, num_clips)
-                indices = sampling.dense_indices(n, clip_frames, dense_stride, offsets[c])
-            video = transforms.resize_short_side(decode_frames(clip["frames"], indices), crop_size)
-            crops = [1] if num_crops == 1 else range(num_crops)
-            out += [transforms.spatial_crop(video, crop_size, k) for k in crops]
-        return transforms.normalize(tf.stack(out), mean, std)
+    views = functools.partial(evaluation_views, clip_frames=clip_frames, crop_size=crop_size,
+                              num_clips=num_clips, num_crops=num_crops,
+                              dense_stride=dense_stride, mean=mean, std=std)
 
     def load(clip, valid):
         # A bad clip stays in the stream as a masked, counted example: the views of every
         # good video are seen exactly once, and the count of bad ones is exact.
         shape = (num_views, clip_frames, crop_size, crop_size, 3)
-        video = tf.cond(valid, lambda: tf.ensure_shape(views(clip), shape),
-                        lambda: tf.zeros(shape, tf.float32))
+        def good():
+            frames = clip["frames"]
+            return tf.ensure_shape(views(tf.shape(frames)[0], lambda i: decode_frames(frames, i)),
+                                   shape)
+
+        video = tf.cond(valid, good, lambda: tf.zeros(shape, tf.float32))
         return {"video": tf.cast(video, dtype), "label": tf.cast(clip["label"], tf.int32),
                 "mask": valid, "bad": ~valid}
 
@@ -200,6 +194,28 @@ def eval_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int,
     if on_bad_record == "skip":
         ds = ds.ignore_errors(log_warning=True)
     return _pad_batches(ds, batch_size, num_batches).prefetch(AUTOTUNE)
+
+
+def evaluation_views(num_frames: tf.Tensor, frames_at: Callable[[tf.Tensor], tf.Tensor], *,
+               clip_frames: int, crop_size: int, num_clips: int, num_crops: int,
+               dense_stride: int | None = None,
+               mean: Sequence[float] = transforms.UNIFORMERV2_MEAN,
+               std: Sequence[float] = transforms.UNIFORMERV2_STD) -> tf.Tensor:
+    """The official test views of one video: (clips x crops, T, S, S, 3), clip-major.
+
+    ``frames_at(indices)`` returns those frames as (T, H, W, 3) uint8 (decoding only them).
+    """
+    out = []
+    for c in range(num_clips):
+        if dense_stride is None:
+            indices = sampling.sparse_test_indices(num_frames, clip_frames, c, num_clips)
+        else:
+            offsets = sampling.dense_test_offsets(num_frames, clip_frames, dense_stride, num_clips)
+            indices = sampling.dense_indices(num_frames, clip_frames, dense_stride, offsets[c])
+        video = transforms.resize_short_side(frames_at(indices), crop_size)
+        crops = [1] if num_crops == 1 else range(num_crops)
+        out += [transforms.spatial_crop(video, crop_size, k) for k in crops]
+    return transforms.normalize(tf.stack(out), mean, std)
 
 
 def _pad_batches(ds: tf.data.Dataset, batch_size: int, num_batches: int | None) -> tf.data.Dataset:

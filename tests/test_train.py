@@ -1,0 +1,165 @@
+"""The training loop end to end on a tiny config: resume, NaN stop, evaluation, errors."""
+
+import hashlib
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from conftest import tiny_train_config
+
+from uniformerv2_jax import config as config_lib
+from uniformerv2_jax import train
+from uniformerv2_jax.input import pipeline
+
+
+def losses(workdir):
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
+
+
+def tree_digest(directory):
+    return {p.relative_to(directory): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(synthetic_records, tmp_path_factory):
+    """6 steps, log and checkpoint every 2, on an 8-device data-parallel mesh."""
+    workdir = tmp_path_factory.mktemp("run")
+    config = tiny_train_config(synthetic_records, log_every=1)
+    train.train(config, workdir)
+    return config, workdir
+
+
+def test_training_reduces_the_loss_and_writes_its_logs(finished_run):
+    config, workdir = finished_run
+    loss = losses(workdir)
+    assert sorted(loss) == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(list(loss.values())))
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == [2, 4, 6]  # keep=3
+    assert list((workdir / "tensorboard").iterdir())
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["model"]["width"] == config.model.width
+
+
+def test_a_restored_checkpoint_continues_with_identical_losses(finished_run, tmp_path):
+    """Drop the last checkpoint: the run resumes at step 4 (state, RNG, data position) and
+    logs exactly the losses of steps 5 and 6 again."""
+    config, workdir = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    shutil.rmtree(copy / "checkpoints" / "6")
+    train.train(config, copy)
+    assert losses(copy) == losses(workdir)
+    a = train.restore_for_eval(workdir, config, "latest")[1]
+    b = train.restore_for_eval(copy, config, "latest")[1]
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_a_non_finite_loss_stops_the_run_and_leaves_the_checkpoints_alone(finished_run, tmp_path):
+    config, workdir = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    shutil.rmtree(copy / "checkpoints" / "6")
+    before = tree_digest(copy / "checkpoints")
+    exploding = tiny_train_config({"train": config.data.train, "val": config.data.val},
+                                  log_every=1, **{"optim.lr": 1e30, "optim.end_lr": 1e30,
+                                                  "optim.warmup_start_lr": 1e30})
+    with pytest.raises(train.NonFiniteLossError, match="at step 5.*last checkpoint: step 4"):
+        train.train(exploding, copy)
+    assert tree_digest(copy / "checkpoints") == before
+
+
+def test_skip_policy_counts_non_finite_updates_and_keeps_the_parameters(finished_run, tmp_path):
+    config, workdir = finished_run
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    shutil.rmtree(copy / "checkpoints" / "6")
+    skipping = tiny_train_config({"train": config.data.train, "val": config.data.val},
+                                 log_every=1, nonfinite="skip",
+                                 **{"optim.lr": 1e30, "optim.end_lr": 1e30})
+    train.train(skipping, copy)
+    rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/skipped_updates"] for r in rows if r["step"] > 4 and "train/loss" in r] == [1.0, 1.0]
+    at4 = train.restore_for_eval(workdir, config, "4")[1]
+    at6 = train.restore_for_eval(copy, config, "latest")[1]
+    for x, y in zip(jax.tree.leaves(at4.params), jax.tree.leaves(at6.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_evaluation_equals_the_view_averaged_softmax_computed_by_hand(finished_run, synthetic_records):
+    """10 videos (eval batch 8: one padded batch), 2 clips x 3 crops each."""
+    config, workdir = finished_run
+    exp, state, _ = train.restore_for_eval(workdir, config, "latest")
+    source = train.resolve_source(config.data.val, "data.val")
+    results = train.run_eval(exp, state, source, ["brightening", "darkening"])
+
+    variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    apply = jax.jit(exp.model.apply)
+    ds = pipeline.eval_dataset(source, batch_size=1, clip_frames=4, crop_size=32, num_clips=2,
+                               num_crops=3, process_index=0, process_count=1)
+    correct, per_class, count = 0, {0: [], 1: []}, 0
+    for batch in ds.as_numpy_iterator():
+        if not batch["mask"][0]:
+            continue
+        probs = np.mean([jax.nn.softmax(apply(variables, view[None]))[0]
+                         for view in batch["video"][0]], axis=0)
+        hit = int(np.argmax(probs) == batch["label"][0])
+        correct += hit
+        per_class[int(batch["label"][0])].append(hit)
+        count += 1
+    assert results["videos"] == count == 10
+    assert results["top1"] == correct / count
+    assert results["mean_class_accuracy"] == pytest.approx(
+        np.mean([np.mean(v) for v in per_class.values()]))
+    assert results["top5"] == 1.0  # two classes
+    assert results["confusion"].sum() == 10
+
+
+def test_eval_command_writes_json_and_plots(finished_run):
+    config, workdir = finished_run
+    results = train.evaluate_workdir(workdir, config, "latest")
+    assert results["step"] == 6
+    saved = json.loads((workdir / "eval.json").read_text())
+    assert saved["top1"] == results["top1"] and np.sum(saved["confusion"]) == 10
+    for name in ("confusion_matrix.png", "learning_curve.png"):
+        assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_missing_data_names_the_path(synthetic_records, tmp_path):
+    config = tiny_train_config(synthetic_records, **{"data.train": "/nowhere/train-*"})
+    with pytest.raises(FileNotFoundError, match="config.data.train='/nowhere/train-\\*'"):
+        train.train(config, tmp_path)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"model.temporal_downsample": True, "data.frames": 5}, "config.data.frames: 5 is not divisible"),
+    ({"data.crop": 30}, "config.data.crop: 30 differs from model.input_resolution=32"),
+    ({"model.input_resolution": 30, "data.crop": 30}, "input_resolution=30.*patch_size=8"),
+    ({"model.n_dim": 64}, "n_dim=64.*must equal width=32"),
+    ({"data.num_classes": 3}, "config.data.num_classes"),
+    ({"nonfinite": "ignore"}, "config.nonfinite"),
+    ({"optim.warmup_epochs": 99.0}, "config.optim"),
+    ({"init_from": "/some/file.pt"}, "config.init_from"),
+])
+def test_bad_configs_are_rejected_naming_the_field(synthetic_records, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config_lib.validate(tiny_train_config(synthetic_records, **overrides))
+
+
+def test_unknown_and_mistyped_command_line_fields_are_rejected():
+    from absl import flags
+    from ml_collections import config_flags
+
+    for argv, message in ((["--config.model.not_a_field=1"], "not_a_field"),
+                          (["--config.batch_size=many"], "batch_size")):
+        values = flags.FlagValues()
+        config_flags.DEFINE_config_file("config", "configs/synthetic.py", flag_values=values,
+                                        lock_config=True)
+        with pytest.raises(Exception, match=message):
+            values(["main.py", *argv])
+            values.config  # noqa: B018 - overrides are applied on access

@@ -1,0 +1,99 @@
+"""Training checkpoints: orbax, asynchronous, atomic, last N plus the best, self-healing.
+
+Each step directory holds the train state (every array, sharded as on the mesh that
+saved it; restored onto the current mesh, whatever its shape) and a JSON ``meta`` item
+(the data position of every process, the config). Orbax writes a step to a temporary
+directory and renames it when complete, so a process killed mid-save leaves no step
+behind. A step whose files were damaged afterwards is reported by name at restore,
+and the previous step is used instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint where some exist, or a save that could not complete."""
+
+
+class Checkpoints:
+    """The checkpoints of one run, in ``directory/<step>``."""
+
+    def __init__(self, directory: str | os.PathLike, keep: int, asynchronous: bool = True):
+        self.directory = Path(directory).absolute()
+        preservation = policies.AnyPreservationPolicy([
+            policies.LatestN(n=keep),
+            policies.BestN(get_metric_fn=lambda metrics: metrics["top1"], reverse=False, n=1,
+                           keep_checkpoints_without_metrics=False),
+        ])
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=preservation, enable_async_checkpointing=asynchronous,
+            create=True, cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_names=("state", "meta"))
+
+    def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None) -> None:
+        """Starts saving ``state`` and ``meta`` as ``step`` (returns before the write ends).
+
+        ``metrics`` with ``top1`` make the step a candidate for "best".
+        """
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        self.manager.save(step, args=args, metrics=metrics, force=True)
+
+    def wait(self) -> None:
+        """Blocks until the last save is on disk; raises its error if it failed."""
+        self.manager.wait_until_finished()
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict] | None:
+        """``(step, state, meta)`` from ``step``, or from the newest readable checkpoint.
+
+        ``abstract_state`` (``jax.ShapeDtypeStruct`` leaves with shardings) fixes where
+        every array goes. Returns None when there is no checkpoint at all; raises
+        :class:`CheckpointError` when there are some and none can be read.
+        """
+        self.manager.reload()
+        candidates = [step] if step is not None else self.steps()[::-1]
+        errors = []
+        for candidate in candidates:
+            try:
+                restored = self.manager.restore(candidate, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+                check_finite(restored.state, self.directory / str(candidate))
+            except Exception as e:  # noqa: BLE001 - any failure to read means "damaged"
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                log.error("checkpoint %s is damaged or unreadable (%s)%s",
+                          self.directory / str(candidate), reason,
+                          "; falling back to the previous one" if step is None else "")
+                errors.append(f"{self.directory / str(candidate)}: {reason}")
+                continue
+            return candidate, restored.state, dict(restored.meta)
+        if errors:
+            raise CheckpointError("no readable checkpoint:\n  " + "\n  ".join(errors))
+        return None
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def check_finite(state: Any, where: Path) -> None:
+    """Rejects a restored state with NaN/Inf in any floating array (a damaged file)."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+        if jax.numpy.issubdtype(leaf.dtype, np.floating) and not bool(jax.numpy.isfinite(leaf).all()):
+            raise ValueError(f"non-finite values in {jax.tree_util.keystr(path)} of {where}")

@@ -1,0 +1,92 @@
+"""The device mesh, logical-axis shardings, and global batches from per-host data.
+
+One mesh with axes ``("data", "fsdp", "tensor")``: slowest links first (data parallelism
+can cross hosts and slices), fastest last (tensor parallelism stays inside a host).
+Parameters carry logical axis names (``embed``, ``heads``, ``mlp``, ...); the config's
+rules map them to mesh axes, and the same rules place the activations the model pins
+with ``nn.with_logical_constraint``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Iterator, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+
+def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+    """Axis sizes with the one -1 resolved to "the rest"; checks that they fit the devices."""
+    shape = [int(sizes[a]) for a in AXES]
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise ValueError(f"config.mesh {dict(zip(AXES, shape))}: {num_devices} devices are "
+                             f"not divisible by the fixed axes' product {known}")
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) != num_devices:
+        raise ValueError(f"config.mesh {dict(zip(AXES, shape))} needs {math.prod(shape)} "
+                         f"devices, there are {num_devices}")
+    return tuple(shape)
+
+
+def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The mesh, laid out over the physical topology (TPU torus, GPU NVLink islands).
+
+    Axis types are Auto: Linen's logical constraints need them (``jax.make_mesh`` would
+    default to Explicit).
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(sizes, len(devices))
+    try:
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+    except (ValueError, NotImplementedError, AssertionError):  # no topology information
+        grid = np.asarray(devices).reshape(shape)
+    return Mesh(grid, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Iterator[None]:
+    """The mesh and the logical rules, for tracing the model's sharding constraints."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
+        yield
+
+
+def logical_shardings(boxed_abstract: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
+    """NamedShardings for a tree whose leaves may be logically annotated (boxed); leaves
+    without annotations (steps, RNG keys, counters) are replicated."""
+    specs = nn.get_partition_spec(boxed_abstract)
+    return nn.logical_to_mesh_sharding(specs, mesh, tuple(rules))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Examples split over the data and fsdp axes (leading dimension)."""
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """One global array per field from this process's share (its rows of the batch)."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local.items()}
+
+
+def local_batch_size(global_size: int, mesh: Mesh, what: str = "config.batch_size") -> int:
+    """This process's share of a global batch; it must split evenly over hosts and devices."""
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if global_size % shards or global_size % jax.process_count():
+        raise ValueError(f"{what}={global_size} must be divisible by the data x fsdp mesh "
+                         f"size {shards} and by the {jax.process_count()} processes")
+    return global_size // jax.process_count()
