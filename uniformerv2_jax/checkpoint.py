@@ -23,6 +23,16 @@ from orbax.checkpoint import checkpoint_managers as policies
 log = logging.getLogger(__name__)
 
 
+class _NoMetricsNoise(logging.Filter):
+    """Orbax warns at every save without metrics; here most saves have none, by design."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_NoMetricsNoise())
+
+
 class CheckpointError(RuntimeError):
     """No usable checkpoint where some exist, or a save that could not complete."""
 
@@ -37,9 +47,12 @@ class Checkpoints:
             policies.BestN(get_metric_fn=lambda metrics: metrics["top1"], reverse=False, n=1,
                            keep_checkpoints_without_metrics=False),
         ])
+        # best_fn makes orbax write each step's metrics to disk, so that "best" survives
+        # restarts; the preservation policy decides what is kept.
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=preservation, enable_async_checkpointing=asynchronous,
-            create=True, cleanup_tmp_directories=True)
+            preservation_policy=preservation, best_fn=lambda metrics: metrics["top1"],
+            best_mode="max", enable_async_checkpointing=asynchronous, create=True,
+            cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "meta"))
 
@@ -59,7 +72,9 @@ class Checkpoints:
         return sorted(self.manager.all_steps())
 
     def best_step(self) -> int | None:
-        return self.manager.best_step()
+        """The step with the highest validation top-1, if any step has one."""
+        scored = [s for s in self.steps() if self.manager.metrics(s)]
+        return self.manager.best_step() if scored else None
 
     def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict] | None:
         """``(step, state, meta)`` from ``step``, or from the newest readable checkpoint.
@@ -70,7 +85,7 @@ class Checkpoints:
         """
         self.manager.reload()
         candidates = [step] if step is not None else self.steps()[::-1]
-        errors = []
+        errors, damaged = [], []
         for candidate in candidates:
             try:
                 restored = self.manager.restore(candidate, args=ocp.args.Composite(
@@ -82,11 +97,31 @@ class Checkpoints:
                           self.directory / str(candidate), reason,
                           "; falling back to the previous one" if step is None else "")
                 errors.append(f"{self.directory / str(candidate)}: {reason}")
+                damaged.append(candidate)
                 continue
+            if damaged:
+                self._quarantine(damaged)
             return candidate, restored.state, dict(restored.meta)
         if errors:
             raise CheckpointError("no readable checkpoint:\n  " + "\n  ".join(errors))
         return None
+
+    def _quarantine(self, steps: list[int]) -> None:
+        """Moves damaged steps aside (``<step>.damaged``), kept for inspection: the run
+        that resumes from an older step must be free to save those step numbers again."""
+        if jax.process_index() == 0:
+            for step in steps:
+                path = self.directory / str(step)
+                target = self.directory / f"{step}.damaged"
+                suffix = 1
+                while target.exists():
+                    target, suffix = self.directory / f"{step}.damaged{suffix}", suffix + 1
+                path.rename(target)
+                log.error("moved the damaged checkpoint %s to %s", path, target)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            multihost_utils.sync_global_devices("checkpoint quarantine")
+        self.manager.reload()
 
     def close(self) -> None:
         self.manager.close()

@@ -26,6 +26,7 @@ AXIS_RULES = (
     ("heads", "tensor"),
     ("mlp", "tensor"),
     ("kv", None),
+    ("reduced", None),  # local MHRA channels (width / 1.5: often not divisible)
     ("classes", None),
     ("frames", None),
     ("tokens", None),

@@ -28,7 +28,7 @@ def confusion_matrix_png(confusion: np.ndarray, class_names: Sequence[str] | Non
     fig.colorbar(image, ax=ax, fraction=0.046)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
-    ax.set_title(f"confusion matrix ({int(confusion.sum())} videos, rows sum to 1)")
+    ax.set_title(f"{int(confusion.sum())} videos, row-normalised")
     if class_names is not None and n <= 40:
         ax.set_xticks(range(n), class_names, rotation=90)
         ax.set_yticks(range(n), class_names)

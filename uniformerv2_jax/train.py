@@ -100,15 +100,17 @@ def epoch_size(source: list[str] | sources.TFDSSource, config: ml_collections.Co
     return examples * config.data.repeated_augment
 
 
-def build(config: ml_collections.ConfigDict, train_examples: int | None = None) -> Experiment:
+def build(config: ml_collections.ConfigDict, train_examples: int | None = None,
+          devices: list[jax.Device] | None = None) -> Experiment:
     """Validates the config and builds the model, mesh, optimiser and state shardings.
 
     ``train_examples`` (clips per epoch) sets the schedule's length in steps; without it
     (evaluation, prediction) the schedule is a placeholder of ``config.train_steps`` or 1.
+    ``devices`` (default: all) are those the mesh spans.
     """
     config_lib.validate(config)
     model = model_from_fields(config_lib.model_fields(config))
-    mesh = sharding.make_mesh(config.mesh)
+    mesh = sharding.make_mesh(config.mesh, devices)
     steps_per_epoch = max(1, (train_examples or config.batch_size) // config.batch_size)
     total = config.train_steps or max(1, round(config.optim.epochs * steps_per_epoch))
     warmup = min(total, round(config.optim.warmup_epochs * steps_per_epoch))
@@ -148,27 +150,31 @@ def initial_state(exp: Experiment) -> TrainState:
 
 
 class StopSignal:
-    """SIGTERM (preemption) -> stop at the next step boundary, with a checkpoint.
+    """SIGTERM (a preemption notice) -> stop at the next step boundary, with a checkpoint.
 
-    With several processes, JAX's preemption sync point makes all of them stop at the
-    same step.
+    One process: a Python handler sets a flag. Several: JAX's preemption service (set up
+    by ``jax.distributed.initialize``) catches the signal, and its sync point makes every
+    process stop at the same step.
     """
 
     def __init__(self):
         self.received: int | None = None
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self.multihost = jax.process_count() > 1
+        if not self.multihost:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         self.received = signum
 
     def __call__(self, step: int) -> bool:
-        if jax.process_count() > 1:
+        if self.multihost:
             from jax.experimental import multihost_utils
             return multihost_utils.reached_preemption_sync_point(step)
         return self.received is not None
 
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        if not self.multihost:
+            signal.signal(signal.SIGTERM, self._previous)
 
 
 class MetricsLog:

@@ -1,0 +1,81 @@
+"""Checkpoint integrity: damaged steps are named and skipped, good ones never lost."""
+
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from uniformerv2_jax.checkpoint import CheckpointError, Checkpoints
+
+
+def state(value):
+    return {"w": jnp.full((64, 64), value, jnp.float32), "b": jnp.arange(10.0) + value,
+            "step": jnp.asarray(int(value), jnp.int32)}
+
+
+ABSTRACT = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                       sharding=jax.sharding.SingleDeviceSharding(
+                                                           jax.devices()[0])), state(0))
+
+
+def truncate_arrays(step_dir):
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files
+    for p in files:
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+
+
+def delete_manifests(step_dir):
+    for p in (step_dir / "state").rglob("manifest.ocdbt"):
+        p.unlink()
+
+
+def saved(tmp_path, steps=(1, 2, 3)):
+    checkpoints = Checkpoints(tmp_path / "ckpt", keep=5)
+    for s in steps:
+        checkpoints.save(s, state(s), {"data": [[0, s, 0]]})
+    checkpoints.wait()
+    return checkpoints
+
+
+@pytest.mark.parametrize("damage", [truncate_arrays, delete_manifests])
+def test_a_damaged_newest_checkpoint_is_named_and_the_previous_one_used(damage, tmp_path, caplog):
+    checkpoints = saved(tmp_path)
+    damage(tmp_path / "ckpt" / "3")
+    with caplog.at_level(logging.ERROR):
+        step, restored, meta = checkpoints.restore(ABSTRACT)
+    assert step == 2 and meta == {"data": [[0, 2, 0]]}
+    np.testing.assert_array_equal(restored["w"], np.full((64, 64), 2.0))
+    assert f"{tmp_path / 'ckpt' / '3'} is damaged" in caplog.text
+    # The damaged step is moved aside, so the resumed run can save step 3 again.
+    assert (tmp_path / "ckpt" / "3.damaged").is_dir() and checkpoints.steps() == [1, 2]
+    checkpoints.save(3, state(30), {"data": []})
+    checkpoints.wait()
+    assert checkpoints.restore(ABSTRACT)[0] == 3
+    checkpoints.close()
+
+
+def test_when_every_checkpoint_is_damaged_the_restore_fails_naming_them(tmp_path):
+    checkpoints = saved(tmp_path, steps=(1, 2))
+    for s in (1, 2):
+        truncate_arrays(tmp_path / "ckpt" / str(s))
+    with pytest.raises(CheckpointError, match=r"(?s)ckpt/2: .*ckpt/1: "):
+        checkpoints.restore(ABSTRACT)
+    checkpoints.close()
+
+
+def test_no_checkpoint_means_a_fresh_start(tmp_path):
+    checkpoints = Checkpoints(tmp_path / "empty", keep=2)
+    assert checkpoints.restore(ABSTRACT) is None
+    checkpoints.close()
+
+
+def test_the_best_checkpoint_outlives_the_last_n(tmp_path):
+    checkpoints = Checkpoints(tmp_path / "ckpt", keep=2)
+    for s, top1 in ((1, 0.5), (2, 0.9), (3, 0.6), (4, 0.7), (5, None)):
+        checkpoints.save(s, state(s), {}, metrics=None if top1 is None else {"top1": top1})
+    checkpoints.wait()
+    assert checkpoints.steps() == [2, 4, 5] and checkpoints.best_step() == 2
+    checkpoints.close()
