@@ -19,6 +19,10 @@ def config_for(mesh, records):
     c.model = model_config("B/16", **tiny_fields(heads=8, n_head=8, layers=2, return_list=(1,),
                                                  num_classes=2, mlp_dropout=0.0, cls_dropout=0.0))
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh
+    # Adam's first step is lr * sign(g) wherever |g| >> eps: for gradients near zero that
+    # amplifies float32 summation-order noise to the full step. A large eps makes the
+    # update proportional to the gradient there, so parameters compare at float32 precision.
+    c.optim.eps = 1e-3
     return c
 
 
@@ -57,8 +61,7 @@ def test_a_step_on_any_mesh_equals_the_single_device_step(mesh, single_device, s
     # The parameters really are split as the rules say.
     data, fsdp, tensor = mesh
     fc = state.params["layer_0"]["block"]["mlp"]["c_fc"]["kernel"]  # (embed, mlp) = (32, 128)
-    assert fc.sharding.spec == jax.sharding.PartitionSpec(
-        "fsdp" if fsdp > 1 else None, "tensor" if tensor > 1 else None) or fsdp == tensor == 1
+    assert fc.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
     assert {s.data.shape for s in fc.addressable_shards} == {(32 // fsdp, 128 // tensor)}
     qkv = state.params["layer_1"]["global"]["attn"]["in_proj_kernel"]  # (embed, 3, heads, kv)
     assert {s.data.shape for s in qkv.addressable_shards} == {(32 // fsdp, 3, 8 // tensor, 4)}
