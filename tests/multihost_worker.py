@@ -1,6 +1,6 @@
 """One of the processes of tests/test_multihost.py (not a test itself).
 
-  python tests/multihost_worker.py MODE PORT PROCESS_ID NUM_PROCESSES OUT_JSON RECORDS_JSON \
+  python tests/multihost_worker.py MODE PORT PROCESS_ID NUM_PROCESSES OUT_JSON RECORDS_JSON \\
       [WORKDIR CONFIG_OVERRIDES_JSON]
 
 MODE ``step``: three train steps on fixed global batches, each process feeding its rows.
@@ -12,46 +12,59 @@ import json
 import os
 import sys
 
-mode, port, process_id, num_processes, out = sys.argv[1], *map(int, sys.argv[2:5]), sys.argv[5]
-records = json.loads(sys.argv[6])
-os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // num_processes}"
 
-import jax  # noqa: E402
+def fixed_steps(config, process_id: int, num_processes: int) -> dict:
+    """Losses of three steps on fixed global batches; this process feeds its rows."""
+    import jax
+    import numpy as np
 
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.config.update("jax_default_matmul_precision", "highest")
-if num_processes > 1:
-    jax.distributed.initialize(f"localhost:{port}", num_processes=num_processes,
-                               process_id=process_id)
+    from uniformerv2_jax import sharding, train
 
-import numpy as np  # noqa: E402
-from conftest import tiny_train_config  # noqa: E402
-
-from uniformerv2_jax import sharding, train  # noqa: E402
-
-config = tiny_train_config(records, **(json.loads(sys.argv[8]) if len(sys.argv) > 8 else {}))
-result = {"devices": jax.device_count(), "local_devices": jax.local_device_count()}
-if mode == "step":
     exp = train.build(config, 64)
     state = train.initial_state(exp)
+    rows = slice(process_id * 8 // num_processes, (process_id + 1) * 8 // num_processes)
+    losses = []
     with sharding.activate(exp.mesh, exp.rules):
         step = jax.jit(lambda s, b: train.train_step(s, b, exp.model, exp.tx),
                        in_shardings=(exp.state_shardings, sharding.batch_sharding(exp.mesh)),
                        out_shardings=(exp.state_shardings, sharding.replicated(exp.mesh)))
-        losses = []
         for i in range(3):
             rng = np.random.default_rng(i)
             video = rng.standard_normal((8, 4, 32, 32, 3)).astype(np.float32)
             label = rng.integers(0, 2, 8).astype(np.int32)
-            rows = slice(process_id * 8 // num_processes, (process_id + 1) * 8 // num_processes)
             state, metrics = step(state, sharding.global_batch(
                 {"video": video[rows], "label": label[rows]}, exp.mesh))
             losses.append(float(metrics["loss"]))
-    result["losses"] = losses
-    result["param_sum"] = float(sum(np.asarray(jax.device_get(x), np.float64).sum()
-                                    for x in jax.tree.leaves(state.params)))
-else:
-    result["eval"] = train.train(config, sys.argv[7])
-if jax.process_index() == 0:
-    with open(out, "w") as f:
-        json.dump(result, f)
+    param_sum = sum(np.asarray(jax.device_get(x), np.float64).sum()
+                    for x in jax.tree.leaves(state.params))
+    return {"losses": losses, "param_sum": float(param_sum)}
+
+
+def main(argv: list[str]) -> None:
+    mode, port, process_id, num_processes, out = argv[1], *map(int, argv[2:5]), argv[5]
+    records = json.loads(argv[6])
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={8 // num_processes}"
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.config.update("jax_default_matmul_precision", "highest")
+    if num_processes > 1:
+        jax.distributed.initialize(f"localhost:{port}", num_processes=num_processes,
+                                   process_id=process_id)
+    from conftest import tiny_train_config
+
+    from uniformerv2_jax import train
+
+    config = tiny_train_config(records, **(json.loads(argv[8]) if len(argv) > 8 else {}))
+    result = {"devices": jax.device_count(), "local_devices": jax.local_device_count()}
+    if mode == "step":
+        result.update(fixed_steps(config, process_id, num_processes))
+    else:
+        result["eval"] = train.train(config, argv[7])
+    if jax.process_index() == 0:
+        with open(out, "w") as f:
+            json.dump(result, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

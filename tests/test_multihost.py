@@ -33,9 +33,13 @@ def launch(mode, num_processes, records, tmp_path, *extra):
 
 
 def test_two_processes_take_the_same_steps_as_one(synthetic_records, tmp_path):
-    one = launch("step", 1, synthetic_records, tmp_path)
+    """The reference is this process: one process with the same 8 (simulated) devices."""
+    from conftest import tiny_train_config
+    from multihost_worker import fixed_steps
+
+    one = fixed_steps(tiny_train_config(synthetic_records), 0, 1)
     two = launch("step", 2, synthetic_records, tmp_path)
-    assert one["devices"] == two["devices"] == 8 and two["local_devices"] == 4
+    assert two["devices"] == 8 and two["local_devices"] == 4
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-5)
     assert two["param_sum"] == pytest.approx(one["param_sum"], rel=1e-5)
 
