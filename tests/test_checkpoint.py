@@ -79,3 +79,28 @@ def test_the_best_checkpoint_outlives_the_last_n(tmp_path):
     checkpoints.wait()
     assert checkpoints.steps() == [2, 4, 5] and checkpoints.best_step() == 2
     checkpoints.close()
+
+
+def test_a_save_that_cannot_be_written_stops_clearly_and_keeps_the_earlier_steps(tmp_path):
+    """A file-size limit (setrlimit) makes every write past 64 KiB fail, as a full disk
+    does; 64 MiB of random (incompressible) floats cannot be written."""
+    import resource
+    import signal
+
+    checkpoints = saved(tmp_path, steps=(1,))
+    noise = np.random.default_rng(0).standard_normal((4096, 4096)).astype(np.float32)
+    big = {"w": jnp.asarray(noise), "b": jnp.zeros(10), "step": jnp.asarray(2)}
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, limits[1]))
+    try:
+        with pytest.raises(CheckpointError, match=r"could not write .*previous checkpoints \[1\] are intact"):
+            checkpoints.save(2, big, {})
+            checkpoints.wait()
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+        signal.signal(signal.SIGXFSZ, handler)
+    step, restored, _ = checkpoints.restore(ABSTRACT)
+    assert step == 1
+    np.testing.assert_array_equal(restored["w"], np.full((64, 64), 1.0))
+    checkpoints.close()

@@ -62,11 +62,25 @@ class Checkpoints:
         ``metrics`` with ``top1`` make the step a candidate for "best".
         """
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        self.manager.save(step, args=args, metrics=metrics, force=True)
+        try:
+            self.manager.save(step, args=args, metrics=metrics, force=True)
+        except Exception as e:  # noqa: BLE001 - an earlier async save's error surfaces here too
+            raise self._failed(e) from e
 
     def wait(self) -> None:
-        """Blocks until the last save is on disk; raises its error if it failed."""
-        self.manager.wait_until_finished()
+        """Blocks until the last save is on disk; raises :class:`CheckpointError` if it failed."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise self._failed(e) from e
+
+    def _failed(self, error: Exception) -> CheckpointError:
+        """A save that did not complete (disk full, quota, permissions): orbax commits a step
+        by renaming it into place only once written, so the earlier steps are untouched."""
+        return CheckpointError(
+            f"could not write a checkpoint to {self.directory} ({type(error).__name__}: "
+            f"{error}); the previous checkpoints {self.steps()} are intact. Free space (or fix "
+            "the path) and restart: training resumes from the newest of them")
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())

@@ -20,12 +20,29 @@ from uniformerv2_jax.input import mixing, randaugment, sampling, sources, transf
 AUTOTUNE = tf.data.AUTOTUNE
 
 
+MAX_FRAME_SIDE = 8192  # pixels; larger declared frames are treated as bad records
+
+
+def declared_side(frames: tf.Tensor, jpeg: tf.Tensor) -> tf.Tensor:
+    """(N,) the larger side each frame's header declares (JPEG SOF or PNG IHDR)."""
+    def side(item):
+        frame, is_jpeg = item
+        png_size = tf.cast(tf.io.decode_raw(tf.strings.substr(frame, 16, 8), tf.uint8), tf.int64)
+        png_sides = tf.stack([tf.reduce_sum(png_size[i:i + 4] * [2**24, 2**16, 2**8, 1])
+                              for i in (0, 4)])
+        return tf.cond(is_jpeg, lambda: tf.cast(tf.reduce_max(tf.io.extract_jpeg_shape(frame)[:2]),
+                                                tf.int64),
+                       lambda: tf.reduce_max(png_sides))
+
+    return tf.map_fn(side, (frames, jpeg), fn_output_signature=tf.int64)
+
+
 def _checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: str
                    ) -> tf.data.Dataset:
     """Parses records into ``(clip, valid)``.
 
-    A clip is bad when it has no frames, a frame that is not a whole JPEG, no label, or a
-    label outside [0, num_classes). ``on_bad_record="skip"`` lets the caller drop and count
+    A clip is bad when it has no frames, a frame that is not a whole JPEG or PNG or that
+    declares a side over ``MAX_FRAME_SIDE``, no label, or a label outside [0, num_classes). ``on_bad_record="skip"`` lets the caller drop and count
     them (records that do not parse at all, e.g. from a truncated file, are dropped with a
     logged warning); ``"raise"`` stops with an error naming the shard and the video.
     """
@@ -39,7 +56,12 @@ def _checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: 
         jpeg = ((tf.strings.substr(frames, 0, 2) == b"\xff\xd8")
                 & (tf.strings.substr(frames, -2, 2) == b"\xff\xd9"))
         png = tf.strings.substr(frames, 0, 8) == b"\x89PNG\r\n\x1a\n"
-        valid = (tf.size(frames) > 0) & tf.reduce_all(jpeg | png) & (clip["label"] >= 0)
+        whole = (tf.size(frames) > 0) & tf.reduce_all(jpeg | png)
+        # Headers are read before any pixel: a frame declaring a huge size (a hostile or
+        # broken file) would make the decoder allocate it.
+        sane = tf.cond(whole, lambda: tf.reduce_all(declared_side(frames, jpeg) <= MAX_FRAME_SIDE),
+                       lambda: tf.constant(False))
+        valid = whole & sane & (clip["label"] >= 0)
         if num_classes is not None:
             valid &= clip["label"] < num_classes
         if on_bad_record == "raise":
