@@ -89,7 +89,6 @@ def tiny_train_config(records: dict, **overrides):
 
     sys.path.insert(0, str(ROOT))
     from configs import synthetic
-
     from uniformerv2_jax.config import model_config
 
     c = synthetic.get_config("temporal")

@@ -7,6 +7,7 @@ crash of another kind, never a hang.
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -15,8 +16,6 @@ from uniformerv2_jax.convert.mapping import CheckpointMismatchError
 from uniformerv2_jax.convert.official import infer_official_kwargs, official_to_variables, strip_prefixes
 from uniformerv2_jax.input import pipeline, records
 from uniformerv2_jax.presets import model_from_official_kwargs
-
-from conftest import ROOT
 
 FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-
 from conftest import ROOT
 
 from uniformerv2_jax.input import pipeline, records, sources, synthetic, writer

@@ -65,7 +65,8 @@ def test_a_step_on_any_mesh_equals_the_single_device_step(mesh, single_device, s
     assert {s.data.shape for s in fc.addressable_shards} == {(32 // fsdp, 128 // tensor)}
     qkv = state.params["layer_1"]["global"]["attn"]["in_proj_kernel"]  # (embed, 3, heads, kv)
     assert {s.data.shape for s in qkv.addressable_shards} == {(32 // fsdp, 3, 8 // tensor, 4)}
-    mu = state.opt_state[1].inner_states["train"].inner_state[0].mu["layer_0"]["block"]["mlp"]["c_fc"]["kernel"]
+    adam = state.opt_state[1].inner_states["train"].inner_state[0]
+    mu = adam.mu["layer_0"]["block"]["mlp"]["c_fc"]["kernel"]
     assert mu.sharding == fc.sharding  # the optimiser state is sharded like its parameter
 
 

@@ -25,8 +25,18 @@ import jax
 import jax.numpy as jnp
 
 from uniformerv2_jax.layers import (
-    MLP, Attention, Dense, DepthwiseConv3D, Dtype, drop, drop_path, layer_norm,
-    torch_default_uniform, zeros, ones)
+    MLP,
+    Attention,
+    Dense,
+    DepthwiseConv3D,
+    Dtype,
+    drop,
+    drop_path,
+    layer_norm,
+    ones,
+    torch_default_uniform,
+    zeros,
+)
 
 Array = jax.Array
 

@@ -4,7 +4,8 @@ One step, top to bottom: forward in training mode (dropout, drop-path, BatchNorm
 statistics), cross-entropy against hard labels or soft targets (label smoothing,
 mixup/cutmix), gradients, the optax update, metrics. A step whose loss or gradients are
 not finite, or whose update would make a parameter non-finite, changes nothing but the
-step counter and the RNG (``finite`` = 0 in its metrics): a NaN never reaches the parameters, the optimiser state or a checkpoint.
+step counter and the RNG (``finite`` = 0 in its metrics): a NaN never reaches the
+parameters, the optimiser state or a checkpoint.
 """
 
 from __future__ import annotations

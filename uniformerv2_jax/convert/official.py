@@ -14,10 +14,15 @@ import numpy as np
 
 from uniformerv2_jax.convert.io import read_state_dict
 from uniformerv2_jax.convert.mapping import (
-    abstract_variables, apply_rules, get_path, official_rules, stack_layers, unstack_layers)
+    abstract_variables,
+    apply_rules,
+    get_path,
+    official_rules,
+    stack_layers,
+    unstack_layers,
+)
 from uniformerv2_jax.model import UniFormerV2
-from uniformerv2_jax.presets import (
-    log_assumed_heads, model_from_official_kwargs, read_official_config)
+from uniformerv2_jax.presets import log_assumed_heads, model_from_official_kwargs, read_official_config
 
 PREFIXES = ("module.", "backbone.")
 LABELS_DIR = Path(__file__).resolve().parents[2] / "data" / "labels"

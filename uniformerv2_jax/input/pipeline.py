@@ -42,9 +42,10 @@ def _checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: 
     """Parses records into ``(clip, valid)``.
 
     A clip is bad when it has no frames, a frame that is not a whole JPEG or PNG or that
-    declares a side over ``MAX_FRAME_SIDE``, no label, or a label outside [0, num_classes). ``on_bad_record="skip"`` lets the caller drop and count
-    them (records that do not parse at all, e.g. from a truncated file, are dropped with a
-    logged warning); ``"raise"`` stops with an error naming the shard and the video.
+    declares a side over ``MAX_FRAME_SIDE``, no label, or a label outside [0, num_classes).
+    ``on_bad_record="skip"`` lets the caller drop and count them (records that do not
+    parse at all, e.g. from a truncated file, are dropped with a logged warning);
+    ``"raise"`` stops with an error naming the shard and the video.
     """
     if on_bad_record not in ("skip", "raise"):
         raise ValueError(f"on_bad_record={on_bad_record!r}: expected 'skip' or 'raise'")
