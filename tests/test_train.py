@@ -163,3 +163,50 @@ def test_unknown_and_mistyped_command_line_fields_are_rejected():
         with pytest.raises(Exception, match=message):
             values(["main.py", *argv])
             values.config  # noqa: B018 - overrides are applied on access
+
+
+def fixture_config(records, **model):
+    """A config whose model is the shipped official fixture's (data/fixtures/tiny_a)."""
+    from conftest import ROOT
+
+    fields = json.loads((ROOT / "data" / "fixtures" / "tiny_a.json").read_text())
+    fields = {k: v for k, v in fields.items() if k not in ("output_dim", "n_layers", "frames")}
+    fields.update(num_classes=2, mlp_dropout=0.5, **model)
+    config = tiny_train_config(records)
+    config.model = config_lib.model_config("B/16", **fields)
+    config.data.frames, config.data.crop = 8, 64
+    config.init_from = f"official:{ROOT / 'data' / 'fixtures' / 'tiny_a.safetensors'}"
+    return config
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_training_starts_from_an_official_checkpoint_with_a_new_head(synthetic_records, scan):
+    from conftest import ROOT
+
+    from uniformerv2_jax.convert import from_official
+    from uniformerv2_jax.convert.mapping import unstack_layers
+
+    config = fixture_config(synthetic_records, scan=scan)
+    config.head_map = "first:2"
+    exp = train.build(config, 16)
+    params = jax.device_get(train.initial_state(exp).params)
+    if scan:
+        params = unstack_layers(exp.model, {"params": params})["params"]
+    _, official = from_official(ROOT / "data" / "fixtures" / "tiny_a.safetensors", heads=4)
+    expected = dict(official["params"])
+    expected["head"] = {"kernel": expected["head"]["kernel"][:, :2], "bias": expected["head"]["bias"][:2]}
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(a), b, err_msg=jax.tree_util.keystr(path))
+
+    config.head_map = ""  # 10 rows in the checkpoint, 2 classes in the config
+    with pytest.raises(ValueError, match="config.head_map"):
+        train.initial_state(train.build(config, 16))
+
+
+def test_a_checkpoint_of_another_architecture_is_refused_key_by_key(synthetic_records):
+    from uniformerv2_jax.convert.mapping import CheckpointMismatchError
+
+    config = fixture_config(synthetic_records, layers=5, return_list=(3, 4))
+    config.head_map = "new"
+    with pytest.raises(CheckpointMismatchError, match="(?s)missing keys.*layer_4"):
+        train.initial_state(train.build(config, 16))

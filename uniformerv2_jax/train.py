@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from tqdm import tqdm
 
 from uniformerv2_jax import config as config_lib
 from uniformerv2_jax import evaluate, plots, sharding
@@ -330,6 +332,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                           out_shardings=(exp.state_shardings, sharding.replicated(exp.mesh)),
                           donate_argnums=0)
     eval_every = config.eval_every or exp.steps_per_epoch
+    # A live progress bar (with ETA) on terminals; log files get the periodic lines only.
+    bar = tqdm(total=exp.total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+               disable=jax.process_index() != 0 or not sys.stderr.isatty())
     stop = StopSignal()
     pending: list[tuple[int, dict]] = []
     results: dict[str, Any] = {}
@@ -361,11 +366,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                        "perf/clips_per_second": done * config.batch_size / max(elapsed, 1e-9)})
         history.write(step, values)
         eta = (exp.total_steps - step) * values["perf/step_seconds"]
+        bar.set_postfix(loss=f"{values['train/loss']:.4f}", refresh=False)
         if jax.process_index() == 0:
-            print(f"step {step}/{exp.total_steps}  loss {values['train/loss']:.4f}  "
-                  f"top1 {values['train/top1']:.3f}  lr {values['train/lr']:.2e}  "
-                  f"{values['perf/clips_per_second']:.1f} clips/s  "
-                  f"{values['perf/step_seconds']:.2f} s/step  ETA {format_seconds(eta)}", flush=True)
+            tqdm.write(f"step {step}/{exp.total_steps}  loss {values['train/loss']:.4f}  "
+                       f"top1 {values['train/top1']:.3f}  lr {values['train/lr']:.2e}  "
+                       f"{values['perf/clips_per_second']:.1f} clips/s  "
+                       f"{values['perf/step_seconds']:.2f} s/step  ETA {format_seconds(eta)}")
 
     def save(step: int, metrics: dict | None = None) -> None:
         flush(step)
@@ -381,6 +387,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             with sharding.activate(exp.mesh, exp.rules):
                 state, metrics = step_fn(state, batch)
             step += 1
+            bar.update(1)
             position = (int(local["epoch"][-1]), int(local["position"][-1]) + 1)
             skipped = int(local["skipped"][-1])
             pending.append((step, metrics))
@@ -397,9 +404,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                 history.write(step, {f"val/{k}": results[k]
                                      for k in ("top1", "top5", "mean_class_accuracy")})
                 if jax.process_index() == 0:
-                    print(f"step {step}: validation top1 {results['top1']:.4f} top5 "
-                          f"{results['top5']:.4f} mean-class {results['mean_class_accuracy']:.4f} "
-                          f"({results['videos']} videos)", flush=True)
+                    tqdm.write(f"step {step}: validation top1 {results['top1']:.4f} top5 "
+                               f"{results['top5']:.4f} mean-class "
+                               f"{results['mean_class_accuracy']:.4f} ({results['videos']} videos)")
                 save(step, {"top1": results["top1"]})
                 clock, clock_step = time.perf_counter(), step  # speed excludes evaluation
             elif step % config.checkpoint_every == 0 or step == exp.total_steps:
@@ -407,6 +414,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         flush(step)
         checkpoints.wait()
     finally:
+        bar.close()
         stop.restore()
         checkpoints.close()
     if results:

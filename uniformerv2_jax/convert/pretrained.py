@@ -29,7 +29,8 @@ def source_variables(init_from: str, model: UniFormerV2, seed: int) -> tuple[Uni
         # Everything CLIP lacks is initialised as the config's model would be.
         source, variables = from_clip(path, seed=seed, **official_kwargs(model))
     elif kind == "official":
-        source, variables = from_official(path)
+        # The head count is not in the weights' shapes: the config's is the one meant.
+        source, variables = from_official(path, heads=model.heads, n_head=model.n_head)
     elif kind == "converted":
         source, variables = load_converted(path)
     else:
