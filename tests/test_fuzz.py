@@ -17,7 +17,7 @@ from uniformerv2_jax.convert.official import infer_official_kwargs, official_to_
 from uniformerv2_jax.input import pipeline, records
 from uniformerv2_jax.presets import model_from_official_kwargs
 
-FUZZ = settings(max_examples=25, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=15, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
