@@ -179,7 +179,7 @@ def fixture_config(records, **model):
     return config
 
 
-def test_training_starts_from_an_official_checkpoint_with_a_new_head(synthetic_records):
+def test_training_starts_from_an_official_checkpoint_with_remapped_head_rows(synthetic_records):
     """Into a scanned model: the loop-layout checkpoint is stacked on the way."""
     from conftest import ROOT
 
