@@ -136,6 +136,7 @@ def convert() -> None:
 
 def write_records() -> None:
     from uniformerv2_jax.input import writer
+    from uniformerv2_jax.labels import read_class_names
 
     if not FLAGS.out:
         raise app.UsageError("write_records needs --out")
@@ -158,15 +159,6 @@ def write_records() -> None:
     print(f"{report['videos']} videos -> {FLAGS.num_shards} shards in {FLAGS.out} "
           f"({report['written']} written, {report['kept']} kept); {report['failed']} failed "
           f"to decode, listed in {report['failures_file']}")
-
-
-def read_class_names(path: str) -> list[str]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"class list not found: {path}")
-    names = [line.strip() for line in open(path, encoding="utf-8") if line.strip()]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{path}: duplicate class names")
-    return names
 
 
 def make_synthetic() -> None:

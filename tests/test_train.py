@@ -19,6 +19,19 @@ def losses(workdir):
     return {r["step"]: r["train/loss"] for r in rows if "train/loss" in r}
 
 
+def resumable_copy(workdir, tmp_path):
+    """A copy of the finished run without its last checkpoint: it resumes at step 4."""
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy)
+    shutil.rmtree(copy / "checkpoints" / "6")
+    return copy
+
+
+def assert_same_params(a, b):
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def tree_digest(directory):
     return {p.relative_to(directory): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(directory.rglob("*")) if p.is_file()}
@@ -49,22 +62,16 @@ def test_a_restored_checkpoint_continues_with_identical_losses(finished_run, tmp
     """Drop the last checkpoint: the run resumes at step 4 (state, RNG, data position) and
     logs exactly the losses of steps 5 and 6 again."""
     config, workdir = finished_run
-    copy = tmp_path / "copy"
-    shutil.copytree(workdir, copy)
-    shutil.rmtree(copy / "checkpoints" / "6")
+    copy = resumable_copy(workdir, tmp_path)
     train.train(config, copy)
     assert losses(copy) == losses(workdir)
-    a = train.restore_for_eval(workdir, config, "latest")[1]
-    b = train.restore_for_eval(copy, config, "latest")[1]
-    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert_same_params(train.restore_for_eval(workdir, config, "latest")[1],
+                       train.restore_for_eval(copy, config, "latest")[1])
 
 
 def test_a_non_finite_loss_stops_the_run_and_leaves_the_checkpoints_alone(finished_run, tmp_path):
     config, workdir = finished_run
-    copy = tmp_path / "copy"
-    shutil.copytree(workdir, copy)
-    shutil.rmtree(copy / "checkpoints" / "6")
+    copy = resumable_copy(workdir, tmp_path)
     before = tree_digest(copy / "checkpoints")
     exploding = tiny_train_config({"train": config.data.train, "val": config.data.val},
                                   log_every=1, **{"optim.lr": 1e30, "optim.end_lr": 1e30,
@@ -76,19 +83,15 @@ def test_a_non_finite_loss_stops_the_run_and_leaves_the_checkpoints_alone(finish
 
 def test_skip_policy_counts_non_finite_updates_and_keeps_the_parameters(finished_run, tmp_path):
     config, workdir = finished_run
-    copy = tmp_path / "copy"
-    shutil.copytree(workdir, copy)
-    shutil.rmtree(copy / "checkpoints" / "6")
+    copy = resumable_copy(workdir, tmp_path)
     skipping = tiny_train_config({"train": config.data.train, "val": config.data.val},
                                  log_every=1, nonfinite="skip",
                                  **{"optim.lr": 1e30, "optim.end_lr": 1e30})
     train.train(skipping, copy)
     rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
     assert [r["train/skipped_updates"] for r in rows if r["step"] > 4 and "train/loss" in r] == [1.0, 1.0]
-    at4 = train.restore_for_eval(workdir, config, "4")[1]
-    at6 = train.restore_for_eval(copy, config, "latest")[1]
-    for x, y in zip(jax.tree.leaves(at4.params), jax.tree.leaves(at6.params)):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert_same_params(train.restore_for_eval(workdir, config, "4")[1],
+                       train.restore_for_eval(copy, config, "latest")[1])
 
 
 def test_evaluation_equals_the_view_averaged_softmax_computed_by_hand(finished_run, synthetic_records):

@@ -7,7 +7,6 @@ crops, as in evaluation), and the softmax is averaged over them.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import jax
@@ -15,9 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from uniformerv2_jax.input import pipeline, writer
+from uniformerv2_jax.labels import LABELS_DIR, read_class_names
 from uniformerv2_jax.model import UniFormerV2
 
-LABELS_DIR = Path(__file__).resolve().parent.parent / "data" / "labels"
 # A head's class count -> the class list it most likely uses (override with --class_names).
 DEFAULT_CLASS_NAMES = {400: "kinetics400_uniformerv2_order.txt", 600: "kinetics600.txt",
                        700: "kinetics700.txt", 710: "kinetics710.txt", 339: "moments_in_time_v1.txt",
@@ -31,9 +30,7 @@ def class_names_for(num_classes: int, path: str | os.PathLike | None = None) -> 
         path = LABELS_DIR / DEFAULT_CLASS_NAMES[num_classes]
     if path is None:
         return [f"class_{i}" for i in range(num_classes)]
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"class names not found: {path}")
-    names = [line.strip() for line in open(path, encoding="utf-8") if line.strip()]
+    names = read_class_names(path)
     if len(names) != num_classes:
         raise ValueError(f"{path} lists {len(names)} classes, the model has {num_classes}")
     return names

@@ -35,6 +35,7 @@ from uniformerv2_jax import config as config_lib
 from uniformerv2_jax import evaluate, plots, sharding
 from uniformerv2_jax.checkpoint import Checkpoints
 from uniformerv2_jax.input import pipeline, sources
+from uniformerv2_jax.labels import read_class_names
 from uniformerv2_jax.model import UniFormerV2
 from uniformerv2_jax.optim import learning_rate_schedule, make_optimizer
 from uniformerv2_jax.presets import model_from_fields
@@ -190,10 +191,10 @@ class MetricsLog:
             # Rows past the restored step were logged by a run that died before saving.
             self.rows = [r for r in map(json.loads, self.path.read_text().splitlines())
                          if r["step"] <= resume_step]
-        self.writer = None
         if self.enabled:
             self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
             import tensorflow as tf
+            self.summary = tf.summary
             self.writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
 
     def write(self, step: int, values: dict[str, float]) -> None:
@@ -203,10 +204,9 @@ class MetricsLog:
             return
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
-        import tensorflow as tf
         with self.writer.as_default(step=step):
             for key, value in values.items():
-                tf.summary.scalar(key, value)
+                self.summary.scalar(key, value)
         self.writer.flush()
 
 
@@ -242,15 +242,25 @@ def train_stream(exp: Experiment, source, start: tuple[int, int]) -> Iterator[di
     return ds.as_numpy_iterator()
 
 
-def run_eval(exp: Experiment, state: TrainState, source, class_names=None) -> dict[str, Any]:
-    """Multi-view evaluation of ``state`` over ``source``: counts and accuracies."""
+def eval_batch_count(exp: Experiment, source) -> int:
+    """Batches every host runs over ``source`` (reads record counts: once per run)."""
+    local = sharding.local_batch_size(exp.config.eval_batch_size, exp.mesh, "config.eval_batch_size")
+    return sources.eval_batches(source, local, jax.process_count())
+
+
+def run_eval(exp: Experiment, state: TrainState, source, class_names=None,
+             num_batches: int | None = None) -> dict[str, Any]:
+    """Multi-view evaluation of ``state`` over ``source``: counts and accuracies.
+
+    ``num_batches``: :func:`eval_batch_count` of ``source``, if already known.
+    """
     c, d = exp.config, exp.config.data
     local = sharding.local_batch_size(c.eval_batch_size, exp.mesh, "config.eval_batch_size")
     batches = pipeline.eval_dataset(
         source, batch_size=local, clip_frames=d.frames, crop_size=d.crop,
         num_clips=d.test_clips, num_crops=d.test_crops, dense_stride=d.dense_stride or None,
         num_classes=d.num_classes, on_bad_record=d.on_bad_record,
-        num_batches=sources.eval_batches(source, local, jax.process_count()))
+        num_batches=num_batches or eval_batch_count(exp, source))
     with sharding.activate(exp.mesh, exp.rules):
         step = jax.jit(functools.partial(evaluate.eval_counts, model=exp.model),
                        in_shardings=(exp.state_shardings, sharding.batch_sharding(exp.mesh)),
@@ -260,14 +270,6 @@ def run_eval(exp: Experiment, state: TrainState, source, class_names=None) -> di
             ({k: b[k] for k in ("video", "label", "mask", "bad")}
              for b in batches.as_numpy_iterator()))
     return {**evaluate.summarize(counts, class_names), "confusion": counts["confusion"]}
-
-
-def read_class_names(path: str) -> list[str] | None:
-    if not path:
-        return None
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config.data.class_names={path!r}: no such file")
-    return [line.strip() for line in open(path, encoding="utf-8") if line.strip()]
 
 
 def write_eval_outputs(workdir: Path, results: dict, class_names, history) -> None:
@@ -309,12 +311,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     workdir = Path(workdir)
     train_source = resolve_source(config.data.train, "data.train")
     val_source = resolve_source(config.data.val, "data.val") if config.data.val else None
-    class_names = read_class_names(config.data.class_names)
+    class_names = read_class_names(config.data.class_names) if config.data.class_names else None
     exp = build(config, epoch_size(train_source, config))
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config.to_json(indent=1))
 
+    val_batches = eval_batch_count(exp, val_source) if val_source is not None else None
     checkpoints = Checkpoints(workdir / "checkpoints", keep=config.keep)
     restored = checkpoints.restore(exp.abstract_state)
     if restored:
@@ -400,7 +403,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                 return {"preempted_at": step}
             if val_source is not None and (step % eval_every == 0 or step == exp.total_steps):
                 flush(step)
-                results = run_eval(exp, state, val_source, class_names)
+                results = run_eval(exp, state, val_source, class_names, val_batches)
                 history.write(step, {f"val/{k}": results[k]
                                      for k in ("top1", "top5", "mean_class_accuracy")})
                 if jax.process_index() == 0:
@@ -445,9 +448,9 @@ def restore_for_eval(workdir: str | os.PathLike, config: ml_collections.ConfigDi
     exp = build(config)
     checkpoints = Checkpoints(Path(workdir) / "checkpoints", keep=config.keep, asynchronous=False)
     try:
-        step = {"best": checkpoints.best_step(), "latest": None}.get(which, None)
-        if which not in ("best", "latest"):
-            step = int(which)
+        # "best" falls back to the newest when no step has a validation score.
+        step = (checkpoints.best_step() if which == "best" else None if which == "latest"
+                else int(which))
         restored = checkpoints.restore(exp.abstract_state, step)
     finally:
         checkpoints.close()
@@ -462,7 +465,7 @@ def evaluate_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDi
     """``main.py eval``: evaluates a checkpoint of ``workdir`` on ``config.data.val``."""
     source = resolve_source(config.data.val, "data.val")
     exp, state, step = restore_for_eval(workdir, config, which)
-    class_names = read_class_names(config.data.class_names)
+    class_names = read_class_names(config.data.class_names) if config.data.class_names else None
     results = run_eval(exp, state, source, class_names)
     history_path = Path(workdir) / "metrics.jsonl"
     history = ([json.loads(line) for line in history_path.read_text().splitlines()]

@@ -21,11 +21,11 @@ from uniformerv2_jax.convert.mapping import (
     stack_layers,
     unstack_layers,
 )
+from uniformerv2_jax.labels import LABELS_DIR
 from uniformerv2_jax.model import UniFormerV2
 from uniformerv2_jax.presets import log_assumed_heads, model_from_official_kwargs, read_official_config
 
 PREFIXES = ("module.", "backbone.")
-LABELS_DIR = Path(__file__).resolve().parents[2] / "data" / "labels"
 
 
 def strip_prefixes(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
