@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from conftest import random_video, tiny_fields
 
 from uniformerv2_jax import UniFormerV2
@@ -17,8 +18,7 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
     video = random_video(model, batch=4)
     batch = {"video": video, "label": jnp.array([0, 1, 2, 3])}
     variables = jax.jit(model.init)(jax.random.key(0), video)
-    tx = make_optimizer(base_lr=3e-3, total_steps=20, warmup_steps=0,
-                        warmup_start_lr=3e-3, end_lr=3e-3)
+    tx = make_optimizer(model, optax.constant_schedule(3e-3))
     state = create_train_state(model, tx, variables, jax.random.key(1))
     step = jax.jit(functools.partial(train_step, model=model, tx=tx))
     losses = []
@@ -52,8 +52,7 @@ def test_eval_step_averages_softmax_over_views():
     model = UniFormerV2(**tiny_fields())
     views = random_video(model, batch=6).reshape(2, 3, 4, 32, 32, 3)
     variables = jax.jit(model.init)(jax.random.key(0), views[0])
-    state = create_train_state(model, make_optimizer(base_lr=1e-3,
-                                                     total_steps=1, warmup_steps=0),
+    state = create_train_state(model, make_optimizer(model, optax.constant_schedule(1e-3)),
                                variables, jax.random.key(0))
     probs = jax.jit(functools.partial(eval_step, model=model))(state, {"video": views})
     per_view = jax.nn.softmax(jax.jit(model.apply)(variables, views.reshape(6, 4, 32, 32, 3)))

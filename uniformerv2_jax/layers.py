@@ -97,6 +97,40 @@ def layer_norm(name: str) -> nn.LayerNorm:
     )
 
 
+class BatchNorm(nn.Module):
+    """``torch.nn.BatchNorm3d`` over every axis but the last: (..., C) -> float32 (..., C).
+
+    Training normalises with the batch mean and biased variance and moves the running
+    statistics by ``momentum`` towards the batch mean and the *unbiased* variance
+    (n / (n - 1)), as PyTorch does, so statistics exported to PyTorch are the ones the
+    official code would have. Under a mesh the batch statistics span the global batch.
+    """
+
+    momentum: float = 0.1  # PyTorch's convention: the weight of the new batch
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        channels = x.shape[-1]
+        scale = self.param("scale", nn.with_logical_partitioning(ones, ("embed",)), (channels,))
+        bias = self.param("bias", nn.with_logical_partitioning(zeros, ("embed",)), (channels,))
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (channels,), jnp.float32)
+        running_var = self.variable("batch_stats", "var", jnp.ones, (channels,), jnp.float32)
+        x = x.astype(jnp.float32)
+        if train:
+            axes = tuple(range(x.ndim - 1))
+            mean = x.mean(axes)
+            var = jnp.square(x - mean).mean(axes)
+            if not self.is_initializing():
+                n = x.size // channels
+                m = self.momentum
+                running_mean.value = (1 - m) * running_mean.value + m * mean
+                running_var.value = (1 - m) * running_var.value + m * var * (n / max(n - 1, 1))
+        else:
+            mean, var = running_mean.value, running_var.value
+        return (x - mean) * (lax.rsqrt(var + self.epsilon) * scale) + bias
+
+
 class MLP(nn.Module):
     """c_fc -> QuickGELU -> (dropout) -> c_proj, as in CLIP and the official Extractor."""
 

@@ -27,13 +27,13 @@ import jax.numpy as jnp
 from uniformerv2_jax.layers import (
     MLP,
     Attention,
+    BatchNorm,
     Dense,
     DepthwiseConv3D,
     Dtype,
     drop,
     drop_path,
     layer_norm,
-    ones,
     torch_default_uniform,
     zeros,
 )
@@ -65,11 +65,7 @@ class LocalMHRA(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         channels = x.shape[-1]
-        x = nn.BatchNorm(
-            use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=jnp.float32,
-            scale_init=nn.with_logical_partitioning(ones, ("embed",)),
-            bias_init=nn.with_logical_partitioning(zeros, ("embed",)),
-            name="norm")(x)
+        x = BatchNorm(name="norm")(x, train)
         x = Dense((self.reduced,), ("embed", "reduced"), self.dtype,
                   kernel_init=torch_default_uniform(channels),
                   bias_init=torch_default_uniform(channels), name="conv_in")(x)

@@ -114,16 +114,16 @@ def build(config: ml_collections.ConfigDict, train_examples: int | None = None,
     config_lib.validate(config)
     model = model_from_fields(config_lib.model_fields(config))
     mesh = sharding.make_mesh(config.mesh, devices)
+    # The official loader drops the last partial batch: an epoch is whole batches.
     steps_per_epoch = max(1, (train_examples or config.batch_size) // config.batch_size)
-    total = config.train_steps or max(1, round(config.optim.epochs * steps_per_epoch))
-    warmup = min(total, round(config.optim.warmup_epochs * steps_per_epoch))
     o = config.optim
-    kwargs = dict(base_lr=o.lr, total_steps=total, warmup_steps=warmup,
-                  warmup_start_lr=o.warmup_start_lr, end_lr=o.end_lr)
-    tx = make_optimizer(**kwargs, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps,
-                        clip_norm=o.clip_norm or None, frozen=model.frozen)
-    exp = Experiment(config, model, mesh, tx, learning_rate_schedule(**kwargs), None, None,
-                     steps_per_epoch, total)
+    total = config.train_steps or max(1, round(o.epochs * steps_per_epoch))
+    epochs = config.train_steps / steps_per_epoch if config.train_steps else o.epochs
+    schedule = learning_rate_schedule(o.lr, steps_per_epoch, epochs, min(o.warmup_epochs, epochs),
+                                      o.warmup_start_lr, o.end_lr)
+    tx = make_optimizer(model, schedule, weight_decay=o.weight_decay, b1=o.b1, b2=o.b2,
+                        eps=o.eps, clip_norm=o.clip_norm or None)
+    exp = Experiment(config, model, mesh, tx, schedule, None, None, steps_per_epoch, total)
     with sharding.activate(mesh, exp.rules):
         boxed = jax.eval_shape(exp.boxed_state, jax.random.key(0))
         exp.state_shardings = sharding.logical_shardings(boxed, mesh, exp.rules)
