@@ -52,6 +52,8 @@ import yaml
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from uniformerv2_jax import storage
+
 ROOT = Path(__file__).resolve().parent
 COMMANDS = ("demo", "train", "eval", "predict", "parity", "convert", "write_records",
             "make_synthetic")
@@ -126,7 +128,7 @@ def convert() -> None:
     if FLAGS.head_map:
         model, variables = transfer_head(model, variables, FLAGS.head_map)
 
-    out = Path(FLAGS.out)
+    out = storage.path(FLAGS.out)
     if out.suffix in (".safetensors", ".pth"):
         write_official(out, to_official(model, variables))
     else:
@@ -164,27 +166,27 @@ def write_records() -> None:
 def make_synthetic() -> None:
     from uniformerv2_jax.input import synthetic, writer
 
-    out = Path(FLAGS.out or "data/synthetic")
+    out = storage.path(FLAGS.out or "data/synthetic")
     for split, count, seed in (("train", FLAGS.videos_per_class, 0), ("val", FLAGS.val_per_class, 1)):
         videos = synthetic.write_dataset(out / "videos" / split, count, seed=seed)
         entries, _ = writer.folder_entries(videos, synthetic.CLASSES)
         report = writer.write_records(entries, out, split, num_shards=4, fps=16, short_side=64,
                                       workers=FLAGS.workers)
         print(f"{split}: {report['videos']} videos, {report['failed']} failed -> {out}/{split}-*")
-    (out / "classes.txt").write_text("\n".join(synthetic.CLASSES) + "\n")
+    storage.write_atomic(out / "classes.txt", "\n".join(synthetic.CLASSES) + "\n")
 
 
-def write_official(path: Path, state: dict) -> None:
+def write_official(path, state: dict) -> None:
     if path.exists() and not FLAGS.overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix == ".safetensors":
-        from safetensors.numpy import save_file
-        save_file(state, str(tmp))
-    else:
-        import torch
-        torch.save({"model_state": {k: torch.from_numpy(v) for k, v in state.items()}}, tmp)
-    os.replace(tmp, path)
+    with storage.staging_file(path, suffix=path.suffix) as staging:
+        if path.suffix == ".safetensors":
+            from safetensors.numpy import save_file
+            save_file(state, staging)
+        else:
+            import torch
+            torch.save({"model_state": {k: torch.from_numpy(v) for k, v in state.items()}}, staging)
+        storage.publish(staging, path)
 
 
 def initialize_distributed() -> None:
@@ -228,7 +230,7 @@ def predict_command() -> None:
 
     if not FLAGS.checkpoint or not FLAGS.video:
         raise app.UsageError("predict needs --checkpoint=DIR and --video=FILE")
-    directory = Path(FLAGS.checkpoint)
+    directory = storage.path(FLAGS.checkpoint)
     if (directory / MODEL_FILE).is_file():
         model, variables = load_converted(directory)
         frames, crop, clips, crops, names_file = model.t_size, model.input_resolution, 4, 3, None
@@ -249,7 +251,6 @@ def predict_command() -> None:
 
 def demo() -> None:
     """Synthetic data, then the temporal model and its order-blind ablation, side by side."""
-    import shutil
     import time
 
     from configs import synthetic as synthetic_config
@@ -260,7 +261,7 @@ def demo() -> None:
         print(f"making the synthetic dataset in {data} ...", flush=True)
         FLAGS.out = str(data)
         make_synthetic()
-    workdir = Path(FLAGS.workdir or ROOT / "runs" / "demo")
+    workdir = storage.path(FLAGS.workdir or ROOT / "runs" / "demo")
     rows = []
     for arg in ("temporal", "order_blind"):
         config = synthetic_config.get_config(arg)
@@ -268,7 +269,8 @@ def demo() -> None:
                                               str(data / "val-*.tfrecord"))
         config.data.class_names = str(data / "classes.txt")
         run = workdir / arg
-        shutil.rmtree(run, ignore_errors=True)  # the demo always trains from scratch
+        if run.exists():
+            run.rmtree()  # the demo always trains from scratch
         print(f"\n== training {arg} (configs/synthetic.py:{arg}) in {run}", flush=True)
         start = time.perf_counter()
         results = train.train(config, run)
@@ -297,7 +299,7 @@ def parity() -> None:
     fixtures = ROOT / "data" / "fixtures"
     model, variables = from_official(fixtures / "tiny_a.safetensors", config=fixtures / "tiny_a.json")
     print(f"converted data/fixtures/tiny_a.safetensors: {param_count(variables):,} parameters")
-    workdir = Path(FLAGS.workdir or "/tmp/uniformerv2_parity")
+    workdir = storage.path(FLAGS.workdir or "/tmp/uniformerv2_parity")
     saved = save_converted(workdir / "tiny_a", model, variables, overwrite=True)
     model, variables = load_converted(saved)
     print(f"saved and reloaded the orbax checkpoint at {saved}")

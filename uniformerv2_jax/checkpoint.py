@@ -4,21 +4,25 @@ Each step directory holds the train state (every array, sharded as on the mesh t
 saved it; restored onto the current mesh, whatever its shape) and a JSON ``meta`` item
 (the data position of every process, the config). Orbax writes a step to a temporary
 directory and renames it when complete, so a process killed mid-save leaves no step
-behind. A step whose files were damaged afterwards is reported by name at restore,
-and the previous step is used instead.
+behind (on object storage, orbax commits a step with a marker written last). A step
+whose files were damaged afterwards is reported by name at restore and moved aside, and
+the previous step is used instead. A transient storage error (a network hiccup, a
+throttled request) is not damage: the read is retried with backoff, and if the storage
+stays unreachable the run stops without touching any checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
+
+from uniformerv2_jax import storage
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,9 @@ class Checkpoints:
     """The checkpoints of one run, in ``directory/<step>``."""
 
     def __init__(self, directory: str | os.PathLike, keep: int, asynchronous: bool = True):
-        self.directory = Path(directory).absolute()
+        self.directory = storage.path(directory)
+        if not storage.is_remote(self.directory):
+            self.directory = self.directory.absolute()
         preservation = policies.AnyPreservationPolicy([
             policies.LatestN(n=keep),
             policies.BestN(get_metric_fn=lambda metrics: metrics["top1"], reverse=False, n=1,
@@ -97,20 +103,23 @@ class Checkpoints:
         every array goes. Returns None when there is no checkpoint at all; raises
         :class:`CheckpointError` when there are some and none can be read.
         """
-        self.manager.reload()
+        storage.retry(self.manager.reload, f"listing {self.directory}")
         candidates = [step] if step is not None else self.steps()[::-1]
         errors, damaged = [], []
         for candidate in candidates:
+            where = self.directory / str(candidate)
             try:
-                restored = self.manager.restore(candidate, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-                check_finite(restored.state, self.directory / str(candidate))
-            except Exception as e:  # noqa: BLE001 - any failure to read means "damaged"
+                restored = storage.retry(lambda c=candidate: self._read(c, abstract_state),
+                                         f"restoring {where}")
+            except Exception as e:  # noqa: BLE001 - classified: transient or damage
                 reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                log.error("checkpoint %s is damaged or unreadable (%s)%s",
-                          self.directory / str(candidate), reason,
+                if storage.is_transient(e):
+                    raise CheckpointError(
+                        f"cannot read {where}: the storage is unreachable ({reason}); no "
+                        "checkpoint was changed. Restart when it is back.") from e
+                log.error("checkpoint %s is damaged or unreadable (%s)%s", where, reason,
                           "; falling back to the previous one" if step is None else "")
-                errors.append(f"{self.directory / str(candidate)}: {reason}")
+                errors.append(f"{where}: {reason}")
                 damaged.append(candidate)
                 continue
             if damaged:
@@ -119,6 +128,12 @@ class Checkpoints:
         if errors:
             raise CheckpointError("no readable checkpoint:\n  " + "\n  ".join(errors))
         return None
+
+    def _read(self, step: int, abstract_state: Any):
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        check_finite(restored.state, self.directory / str(step))
+        return restored
 
     def _quarantine(self, steps: list[int]) -> None:
         """Moves damaged steps aside (``<step>.damaged``), kept for inspection: the run
@@ -141,7 +156,7 @@ class Checkpoints:
         self.manager.close()
 
 
-def check_finite(state: Any, where: Path) -> None:
+def check_finite(state: Any, where: storage.epath.Path) -> None:
     """Rejects a restored state with NaN/Inf in any floating array (a damaged file)."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(state):
         if jax.numpy.issubdtype(leaf.dtype, np.floating) and not bool(jax.numpy.isfinite(leaf).all()):

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-LABELS_DIR = Path(__file__).resolve().parent.parent / "data" / "labels"
+from uniformerv2_jax import storage
+
+LABELS_DIR = storage.path(__file__).resolve().parent.parent / "data" / "labels"
 
 
 def read_class_names(path: str | os.PathLike) -> list[str]:
     """One name per line (line i is class i); the file and duplicates are named in errors."""
-    if not os.path.isfile(path):
+    path = storage.path(path)
+    if not path.is_file():
         raise FileNotFoundError(f"class list not found: {path}")
-    names = [line.strip() for line in open(path, encoding="utf-8") if line.strip()]
+    names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: duplicate class names")
     return names

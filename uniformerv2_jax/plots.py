@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Sequence
 
 import numpy as np
+
+from uniformerv2_jax import storage
 
 
 def _pyplot():
@@ -38,8 +41,7 @@ def confusion_matrix_png(confusion: np.ndarray, class_names: Sequence[str] | Non
                     ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center",
                             color="white" if normalised[i, j] > 0.5 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def learning_curve_png(history: Sequence[dict], path: str | os.PathLike) -> None:
@@ -64,5 +66,12 @@ def learning_curve_png(history: Sequence[dict], path: str | os.PathLike) -> None
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_png(fig, path)
+
+
+def save_png(fig, path: str | os.PathLike) -> None:
+    """Renders ``fig`` in memory and writes it in one piece (local or ``gs://``)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    _pyplot().close(fig)
+    storage.write_atomic(path, buffer.getvalue())

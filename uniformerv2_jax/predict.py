@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
+from uniformerv2_jax import storage
 from uniformerv2_jax.input import pipeline, writer
 from uniformerv2_jax.labels import LABELS_DIR, read_class_names
 from uniformerv2_jax.model import UniFormerV2
@@ -41,10 +42,11 @@ def video_views(path: str | os.PathLike, *, clip_frames: int, crop_size: int, nu
                 ) -> np.ndarray:
     """(views, T, S, S, 3) normalised float32 from the file at ``path``."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not storage.path(path).is_file():
         raise FileNotFoundError(f"video not found: {path}")
     try:
-        frames = writer.read_video(path, fps=fps or native_fps(path), short_side=crop_size)
+        with storage.local_copy(path) as local:  # one download for both reads
+            frames = writer.read_video(local, fps=fps or native_fps(local), short_side=crop_size)
     except Exception as e:  # noqa: BLE001 - PyAV raises many kinds; all mean "unreadable"
         raise ValueError(f"{path}: cannot decode the video ({type(e).__name__}: {e})") from None
     video = tf.constant(frames)

@@ -14,6 +14,7 @@ import logging
 import os
 from typing import Any
 
+from uniformerv2_jax import storage
 from uniformerv2_jax.model import UniFormerV2
 
 # The CLIP backbones. Global blocks default to the last four layers (Kinetics setting).
@@ -95,10 +96,9 @@ def read_official_config(path: str | os.PathLike) -> dict[str, Any]:
     ``UNIFORMERV2`` section, ``DATA.NUM_FRAMES`` and ``MODEL.NUM_CLASSES``.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not storage.path(path).is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = storage.path(path).read_text(encoding="utf-8")
     if path.endswith(".json"):
         try:
             data = json.loads(text)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import glob
 import json
 import logging
 import math
@@ -20,7 +19,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 import flax.linen as nn
@@ -32,7 +30,7 @@ import optax
 from tqdm import tqdm
 
 from uniformerv2_jax import config as config_lib
-from uniformerv2_jax import evaluate, plots, sharding
+from uniformerv2_jax import evaluate, plots, sharding, storage
 from uniformerv2_jax.checkpoint import Checkpoints
 from uniformerv2_jax.input import pipeline, sources
 from uniformerv2_jax.labels import read_class_names
@@ -85,7 +83,7 @@ def resolve_source(spec: str, field: str) -> list[str] | sources.TFDSSource:
     if spec.startswith("tfds:"):
         name, _, split = spec[5:].partition("/")
         return sources.TFDSSource(name, split or "train")
-    files = sorted({f for pattern in spec.split(",") for f in glob.glob(pattern.strip())})
+    files = sorted({f for pattern in spec.split(",") for f in storage.glob(pattern.strip())})
     if not files:
         raise FileNotFoundError(f"config.{field}={spec!r}: no file matches this path")
     return files
@@ -183,7 +181,7 @@ class StopSignal:
 class MetricsLog:
     """``metrics.jsonl`` plus TensorBoard, written by process 0 only."""
 
-    def __init__(self, workdir: Path, resume_step: int):
+    def __init__(self, workdir: storage.epath.Path, resume_step: int):
         self.path = workdir / "metrics.jsonl"
         self.enabled = jax.process_index() == 0
         self.rows: list[dict] = []
@@ -192,7 +190,7 @@ class MetricsLog:
             self.rows = [r for r in map(json.loads, self.path.read_text().splitlines())
                          if r["step"] <= resume_step]
         if self.enabled:
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+            self._write_rows()
             import tensorflow as tf
             self.summary = tf.summary
             self.writer = tf.summary.create_file_writer(str(workdir / "tensorboard"))
@@ -202,12 +200,16 @@ class MetricsLog:
         self.rows.append(row)
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        self._write_rows()
         with self.writer.as_default(step=step):
             for key, value in values.items():
                 self.summary.scalar(key, value)
         self.writer.flush()
+
+    def _write_rows(self) -> None:
+        # The whole file each time: object stores cannot append, and readers must never
+        # see a half-written line (a few thousand short rows per run).
+        storage.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
 
 def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
@@ -272,14 +274,14 @@ def run_eval(exp: Experiment, state: TrainState, source, class_names=None,
     return {**evaluate.summarize(counts, class_names), "confusion": counts["confusion"]}
 
 
-def write_eval_outputs(workdir: Path, results: dict, class_names, history) -> None:
+def write_eval_outputs(workdir: storage.epath.Path, results: dict, class_names, history) -> None:
     """eval.json, the confusion-matrix and learning-curve PNGs (process 0)."""
     if jax.process_index() != 0:
         return
     confusion = results["confusion"]
     summary = {k: v for k, v in results.items() if k != "confusion"}
     summary["confusion"] = confusion.tolist()
-    (workdir / "eval.json").write_text(json.dumps(summary, indent=1))
+    storage.write_atomic(workdir / "eval.json", json.dumps(summary, indent=1))
     plots.confusion_matrix_png(confusion, class_names, workdir / "confusion_matrix.png")
     plots.learning_curve_png(history, workdir / "learning_curve.png")
 
@@ -308,14 +310,14 @@ def resume_position(meta: dict) -> tuple[tuple[int, int], int]:
 def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Trains (or resumes) and returns the last evaluation's results."""
     config_lib.validate(config)
-    workdir = Path(workdir)
+    workdir = storage.path(workdir)
     train_source = resolve_source(config.data.train, "data.train")
     val_source = resolve_source(config.data.val, "data.val") if config.data.val else None
     class_names = read_class_names(config.data.class_names) if config.data.class_names else None
     exp = build(config, epoch_size(train_source, config))
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config.to_json(indent=1))
+        storage.write_atomic(workdir / "config.json", config.to_json(indent=1))
 
     val_batches = eval_batch_count(exp, val_source) if val_source is not None else None
     checkpoints = Checkpoints(workdir / "checkpoints", keep=config.keep)
@@ -436,7 +438,7 @@ def format_seconds(seconds: float) -> str:
 
 
 def load_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-    path = Path(workdir) / "config.json"
+    path = storage.path(workdir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not a training workdir (no config.json)")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
@@ -446,7 +448,8 @@ def restore_for_eval(workdir: str | os.PathLike, config: ml_collections.ConfigDi
                      which: str = "best") -> tuple[Experiment, TrainState, int]:
     """The experiment and the ``best`` (by validation top-1), ``latest`` or numbered step."""
     exp = build(config)
-    checkpoints = Checkpoints(Path(workdir) / "checkpoints", keep=config.keep, asynchronous=False)
+    checkpoints = Checkpoints(storage.path(workdir) / "checkpoints", keep=config.keep,
+                              asynchronous=False)
     try:
         # "best" falls back to the newest when no step has a validation score.
         step = (checkpoints.best_step() if which == "best" else None if which == "latest"
@@ -455,7 +458,7 @@ def restore_for_eval(workdir: str | os.PathLike, config: ml_collections.ConfigDi
     finally:
         checkpoints.close()
     if restored is None:
-        raise FileNotFoundError(f"{Path(workdir) / 'checkpoints'}: no checkpoint to evaluate")
+        raise FileNotFoundError(f"{storage.path(workdir) / 'checkpoints'}: no checkpoint to evaluate")
     step, state, _ = restored
     return exp, state, step
 
@@ -467,9 +470,9 @@ def evaluate_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDi
     exp, state, step = restore_for_eval(workdir, config, which)
     class_names = read_class_names(config.data.class_names) if config.data.class_names else None
     results = run_eval(exp, state, source, class_names)
-    history_path = Path(workdir) / "metrics.jsonl"
+    history_path = storage.path(workdir) / "metrics.jsonl"
     history = ([json.loads(line) for line in history_path.read_text().splitlines()]
                if history_path.exists() else [])
-    write_eval_outputs(Path(workdir), {**results, "step": step}, class_names, history)
+    write_eval_outputs(storage.path(workdir), {**results, "step": step}, class_names, history)
     return {k: v for k, v in results.items() if k != "confusion"} | {"step": step}
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from uniformerv2_jax import storage
 from uniformerv2_jax.convert.io import read_state_dict
 from uniformerv2_jax.convert.mapping import abstract_variables, apply_rules, official_rules, stack_layers
 from uniformerv2_jax.model import UniFormerV2
@@ -95,16 +96,15 @@ HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 def _hugging_face_dir(directory: str) -> tuple[str, dict[str, Any]]:
     """A ``save_pretrained`` folder -> (weight file, backbone arguments from config.json)."""
-    weights = next((os.path.join(directory, f) for f in HF_WEIGHT_FILES
-                    if os.path.isfile(os.path.join(directory, f))), None)
+    folder = storage.path(directory)
+    weights = next((os.fspath(folder / f) for f in HF_WEIGHT_FILES if (folder / f).is_file()), None)
     if weights is None:
         raise FileNotFoundError(f"{directory}: a directory must hold a Hugging Face checkpoint "
                                 f"({' or '.join(HF_WEIGHT_FILES)})")
     kwargs: dict[str, Any] = {}
-    config_path = os.path.join(directory, "config.json")
-    if os.path.isfile(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
+    config_path = folder / "config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
         vision = config.get("vision_config", config)
         act = vision.get("hidden_act", "quick_gelu")
         if act != "quick_gelu":
@@ -181,7 +181,7 @@ def from_clip(path: str | os.PathLike, config: str | os.PathLike | None = None, 
     if config is not None:
         official_kwargs = {**read_official_config(config), **official_kwargs}
     found: dict[str, Any] = {}
-    if os.path.isdir(source):
+    if storage.path(source).is_dir():
         path, found = _hugging_face_dir(source)
     visual = clip_visual_state(read_state_dict(path), source)
     backbone = {**clip_backbone_kwargs(visual), **found}

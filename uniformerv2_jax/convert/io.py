@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from uniformerv2_jax import storage
+
 TORCH_SUFFIXES = (".pth", ".pyth", ".pt", ".bin", ".ckpt")
 ACCEPTED = ("'.safetensors'; PyTorch files ('" + "', '".join(TORCH_SUFFIXES)
             + "', zip or legacy torch.save format, or a TorchScript archive)")
@@ -31,21 +33,22 @@ class WeightFileError(ValueError):
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Loads a flat state dict; float16/bfloat16 tensors are widened to float32."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    if not storage.path(path).is_file():
         raise FileNotFoundError(f"weight file not found: {path}")
-    suffix = os.path.splitext(path)[1].lower()
-    with open(path, "rb") as f:
-        head = f.read(16)
-    if suffix == ".safetensors":
-        state = _read_safetensors(path, head)
-    elif suffix in TORCH_SUFFIXES:
-        state = _read_torch(path, head)
-    else:
+    suffix = storage.path(path).suffix.lower()
+    if suffix not in (".safetensors", *TORCH_SUFFIXES):
         raise WeightFileError(f"{path}: unknown weight format {suffix!r}; accepted: {ACCEPTED}")
-    return {k: _to_numpy(path, k, v) for k, v in state.items()}
+    with storage.local_copy(path) as local:  # the readers below need a real file
+        with open(local, "rb") as f:
+            head = f.read(16)
+        if suffix == ".safetensors":
+            state = _read_safetensors(local, head, path)
+        else:
+            state = _read_torch(local, head, path)
+        return {k: _to_numpy(path, k, v) for k, v in state.items()}
 
 
-def _read_safetensors(path: str, head: bytes) -> dict[str, Any]:
+def _read_safetensors(local: str, head: bytes, path: str) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -53,7 +56,7 @@ def _read_safetensors(path: str, head: bytes) -> dict[str, Any]:
     if len(head) < 9 or head[8:9] != b"{":
         raise WeightFileError(f"{path}: not a safetensors file (no safetensors header)")
     try:
-        return load_file(path)
+        return load_file(local)
     except (SafetensorError, OSError, ValueError) as e:
         raise WeightFileError(f"{path}: cannot read safetensors file: {e}") from None
 
@@ -64,7 +67,7 @@ def _is_torchscript(path: str) -> bool:
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
-def _read_torch(path: str, head: bytes) -> dict[str, Any]:
+def _read_torch(local: str, head: bytes, path: str) -> dict[str, Any]:
     is_zip = head[:4] == b"PK\x03\x04"
     if not is_zip and head[:1] != b"\x80":  # pickle protocol >= 2 opcode
         raise WeightFileError(
@@ -75,12 +78,12 @@ def _read_torch(path: str, head: bytes) -> dict[str, Any]:
         raise ImportError(f"reading {path} needs PyTorch: pip install 'uniformerv2_jax[torch]' "
                           "(or convert the file to .safetensors elsewhere)") from None
     try:
-        if is_zip and _is_torchscript(path):
+        if is_zip and _is_torchscript(local):
             with warnings.catch_warnings():  # torch 2.13 deprecates jit; OpenAI ships it
                 warnings.simplefilter("ignore", DeprecationWarning)
-                obj = torch.jit.load(path, map_location="cpu").state_dict()
+                obj = torch.jit.load(local, map_location="cpu").state_dict()
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = torch.load(local, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise WeightFileError(
             f"{path}: refusing to unpickle it: it holds Python objects other than tensors and "

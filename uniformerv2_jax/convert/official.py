@@ -6,12 +6,12 @@ import json
 import math
 import os
 import re
-from pathlib import Path
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 
+from uniformerv2_jax import storage
 from uniformerv2_jax.convert.io import read_state_dict
 from uniformerv2_jax.convert.mapping import (
     abstract_variables,
@@ -137,7 +137,7 @@ def head_rows(label_map: str | os.PathLike | Sequence[int], num_source: int) -> 
     elif isinstance(label_map, str) and label_map in ("k400", "k600", "k700"):
         rows = _read_rows(LABELS_DIR / f"k710_to_{label_map}.json")
     elif isinstance(label_map, (str, os.PathLike)):
-        rows = _read_rows(Path(label_map))
+        rows = _read_rows(storage.path(label_map))
     else:
         rows = list(label_map)
     bad = [r for r in rows if not isinstance(r, (int, np.integer)) or not 0 <= r < num_source]
@@ -147,7 +147,7 @@ def head_rows(label_map: str | os.PathLike | Sequence[int], num_source: int) -> 
     return [int(r) for r in rows]
 
 
-def _read_rows(path: Path) -> list[int]:
+def _read_rows(path: storage.epath.Path) -> list[int]:
     if not path.is_file():
         raise FileNotFoundError(f"label map not found: {path}")
     try:

@@ -5,18 +5,19 @@ The layout a training run starts from (``--config.init_from=DIR``)::
     DIR/model.json    the model's fields (official names + implementation switches)
     DIR/variables/    orbax checkpoint of {"params": ..., "batch_stats": ...}
 
-The directory is assembled beside its destination and renamed into place, so a failed
-or interrupted conversion never leaves a half-written checkpoint, and an existing one is
-replaced only when asked to, after the new one is complete.
+    DIR/COMPLETE      written last: a directory without it is not a checkpoint
+
+The directory is assembled beside its destination (``.<name>.staging``), marked complete,
+then moved into place, so a failed or interrupted conversion never leaves a half-written
+checkpoint that passes for one, and an existing one is replaced only when asked to, after
+the new one is complete. Local disks rename directories atomically; on object storage
+(``gs://``), where a "rename" copies object by object, the marker moves last.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from uniformerv2_jax import storage
 from uniformerv2_jax.model import UniFormerV2
 from uniformerv2_jax.presets import MODEL_FIELDS, model_from_fields
 
@@ -43,37 +45,59 @@ def model_fields(model: UniFormerV2) -> dict:
 
 
 def save_converted(directory: str | os.PathLike, model: UniFormerV2, variables: dict,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False) -> storage.epath.Path:
     """Writes ``model.json`` and the orbax checkpoint of ``variables`` to ``directory``."""
-    directory = Path(directory).resolve()
+    directory = storage.path(directory)
+    if not storage.is_remote(directory):
+        directory = directory.resolve()
     if directory.exists() and not overwrite:
         raise FileExistsError(f"{directory} exists; pass overwrite=True (--overwrite) to replace it")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
-        (staging / MODEL_FILE).write_text(json.dumps(model_fields(model), indent=1))
-        checkpointer = ocp.StandardCheckpointer()
-        checkpointer.save(staging / VARIABLES_DIR, jax.tree.map(np.asarray, nn.unbox(variables)))
-        checkpointer.wait_until_finished()
-        if directory.exists():
-            old = directory.with_name(f".{directory.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            directory.rename(old)
-            staging.rename(directory)
-            shutil.rmtree(old)
-        else:
-            staging.rename(directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    staging = directory.with_name(f".{directory.name}.staging")
+    if staging.exists():
+        staging.rmtree()  # a conversion interrupted earlier
+    staging.mkdir(parents=True)
+    storage.write_atomic(staging / MODEL_FILE, json.dumps(model_fields(model), indent=1))
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(staging / VARIABLES_DIR, jax.tree.map(np.asarray, nn.unbox(variables)))
+    checkpointer.wait_until_finished()
+    storage.mark_complete(staging)
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old")
+        if old.exists():
+            old.rmtree()
+        _move(directory, old)
+        _move(staging, directory)
+        old.rmtree()
+    else:
+        _move(staging, directory)
     return directory
+
+
+def _move(source: storage.epath.Path, target: storage.epath.Path) -> None:
+    """Renames a directory; on object storage every object first, the marker last."""
+    if not storage.is_remote(source):
+        source.rename(target)
+        return
+    marker = source / storage.COMPLETE_MARKER
+    complete = marker.exists()
+    if complete:
+        marker.unlink()  # the source stops being complete before the target becomes so
+    source.rename(target)
+    if complete:
+        storage.mark_complete(target)
 
 
 def load_converted(directory: str | os.PathLike) -> tuple[UniFormerV2, dict]:
     """Reads what :func:`save_converted` wrote: ``(model, variables)`` as numpy arrays."""
-    directory = Path(directory).resolve()
+    directory = storage.path(directory)
+    if not storage.is_remote(directory):
+        directory = directory.resolve()
     spec = directory / MODEL_FILE
     if not spec.is_file():
         raise FileNotFoundError(f"{directory}: no {MODEL_FILE}; not a converted checkpoint")
+    if not storage.is_complete(directory):
+        raise FileNotFoundError(f"{directory}: no {storage.COMPLETE_MARKER} marker: the conversion "
+                                "that wrote it did not finish; convert again")
     fields = json.loads(spec.read_text())
     if "dtype" in fields:
         fields["dtype"] = jnp.dtype(fields["dtype"])

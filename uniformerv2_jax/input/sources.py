@@ -17,6 +17,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from uniformerv2_jax import storage
 from uniformerv2_jax.input import records
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -116,19 +117,18 @@ def record_counts(files: Sequence[str]) -> dict[str, int]:
     counts: dict[str, int] = {}
     sidecars: dict[str, dict] = {}  # each sidecar read once, not once per shard
     for path in sorted(files):
-        name = os.path.basename(path)
-        sidecar = os.path.join(os.path.dirname(path),
-                               re.sub(r"-\d{5}-of-\d{5}\.tfrecord$", "", name) + "-counts.json")
-        if sidecar not in sidecars:
-            sidecars[sidecar] = {}
-            if os.path.isfile(sidecar):
-                with open(sidecar, encoding="utf-8") as f:
-                    sidecars[sidecar] = json.load(f)
-        if name in sidecars[sidecar]:
-            counts[path] = int(sidecars[sidecar][name])
+        shard = storage.path(path)
+        sidecar = shard.with_name(re.sub(r"-\d{5}-of-\d{5}\.tfrecord$", "", shard.name) + "-counts.json")
+        if os.fspath(sidecar) not in sidecars:
+            sidecars[os.fspath(sidecar)] = (json.loads(sidecar.read_text()) if storage.retry(
+                sidecar.exists, f"reading {sidecar}") else {})
+        if shard.name in sidecars[os.fspath(sidecar)]:
+            counts[path] = int(sidecars[os.fspath(sidecar)][shard.name])
             continue
         logging.warning("no record count for %s: reading it to count", path)
-        counts[path] = int(tf.data.TFRecordDataset(path).reduce(0, lambda n, _: n + 1))
+        counts[path] = storage.retry(
+            lambda p=path: int(tf.data.TFRecordDataset(p).reduce(0, lambda n, _: n + 1)),
+            f"counting the records of {path}")
     return counts
 
 

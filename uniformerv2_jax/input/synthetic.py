@@ -12,9 +12,10 @@ chance (50%). The class is only in the order of the frames.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
+
+from uniformerv2_jax import storage
 
 CLASSES = ("brightening", "darkening")
 
@@ -50,7 +51,15 @@ def write_video(path: str | os.PathLike, video: np.ndarray, fps: int = 16) -> No
     import av
 
     codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-    with av.open(str(path), mode="w") as container:
+    with storage.staging_file(path, suffix=".mp4") as staging:
+        _encode(staging, video, fps, codec)
+        storage.publish(staging, path)
+
+
+def _encode(filename: str, video: np.ndarray, fps: int, codec: str) -> None:
+    import av
+
+    with av.open(filename, mode="w") as container:
         stream = container.add_stream(codec, rate=fps)
         stream.height, stream.width = video.shape[1:3]
         stream.pix_fmt = "yuv420p"
@@ -63,9 +72,9 @@ def write_video(path: str | os.PathLike, video: np.ndarray, fps: int = 16) -> No
 
 
 def write_dataset(root: str | os.PathLike, videos_per_class: int, seed: int = 0,
-                  frames: int = 32, size: int = 64, fps: int = 16) -> Path:
+                  frames: int = 32, size: int = 64, fps: int = 16) -> storage.epath.Path:
     """Writes ``root/<class>/<n>.mp4`` for every class (a folder-per-class tree)."""
-    root = Path(root)
+    root = storage.path(root)
     rng = np.random.default_rng(seed)
     for label, name in enumerate(CLASSES):
         folder = root / name

@@ -2,9 +2,10 @@
 
 Videos are decoded with PyAV, resampled to ``fps`` (DMVR's generator uses 10), resized so
 the short side is ``short_side`` (256), JPEG-encoded one record per clip, and dealt
-round-robin into ``name-00000-of-00128.tfrecord`` shards. Shards are written by worker
-processes, each to a temporary file renamed into place when complete, so a rerun keeps
-finished shards (resumable). Videos that fail to decode are skipped, counted and listed in
+round-robin into ``name-00000-of-00128.tfrecord`` shards. Inputs and outputs may be local
+or ``gs://`` (:mod:`uniformerv2_jax.storage`). Shards are written by worker processes,
+each to a local staging file published (renamed, or uploaded in one piece) only when
+complete, so a rerun keeps finished shards (resumable) and no reader sees a partial one. Videos that fail to decode are skipped, counted and listed in
 ``name-failures.json``; the run goes on.
 """
 
@@ -16,10 +17,11 @@ import json
 import logging
 import multiprocessing
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from uniformerv2_jax import storage
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
 
@@ -42,7 +44,7 @@ def read_video(path: str, fps: float = 10.0, short_side: int = 256,
     """
     import av
 
-    with av.open(path) as container:
+    with storage.local_copy(path) as local, av.open(local) as container:
         if not container.streams.video:
             raise ValueError("no video stream")
         stream = container.streams.video[0]
@@ -77,12 +79,13 @@ def read_frame_folder(path: str, short_side: int = 256) -> np.ndarray:
     """
     import tensorflow as tf
 
-    names = sorted(n for n in os.listdir(path) if n.lower().endswith((".jpg", ".jpeg", ".png")))
+    names = sorted(p for p in storage.path(path).iterdir()
+                   if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not names:
         raise ValueError("no frame images")
     frames = []
     for name in names:
-        image = tf.io.decode_image(tf.io.read_file(os.path.join(path, name)), channels=3,
+        image = tf.io.decode_image(tf.io.read_file(os.fspath(name)), channels=3,
                                    expand_animations=False)
         h, w = int(image.shape[0]), int(image.shape[1])
         scale = short_side / min(h, w)
@@ -99,23 +102,33 @@ def _write_shard(entries: Sequence[VideoEntry], path: str, fps: float, short_sid
     from uniformerv2_jax.input import records
 
     failures = []
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with tf.io.TFRecordWriter(tmp) as writer:
-        for entry in entries:
-            folder = os.path.isdir(entry.path)
-            try:
-                video = (read_frame_folder(entry.path, short_side) if folder else
-                         read_video(entry.path, fps, short_side, entry.start, entry.end))
-                jpegs = [tf.io.encode_jpeg(frame, quality=quality).numpy() for frame in video]
-            except Exception as e:  # noqa: BLE001 -- any decoder failure skips the video
-                failures.append({"path": entry.path, "error": f"{type(e).__name__}: {e}"})
-                continue
-            start_us = int(1e6 * (entry.start or 0.0))
-            end_us = int(1e6 * entry.end) if entry.end is not None else start_us + int(1e6 * len(jpegs) / fps)
-            writer.write(records.encode_clip(jpegs, entry.label, entry.label_text, entry.path,
-                                             start_us, end_us, None if folder else fps))
-    os.replace(tmp, path)
+    with storage.staging_file(path) as staging:
+        with tf.io.TFRecordWriter(staging) as writer:
+            for entry in entries:
+                failure = _write_entry(writer, entry, fps, short_side, quality, records)
+                if failure:
+                    failures.append({**failure, "shard": storage.path(path).name})
+        storage.publish(staging, path)
     return failures, len(entries) - len(failures)
+
+
+def _write_entry(writer, entry: VideoEntry, fps: float, short_side: int, quality: int,
+                 records) -> dict | None:
+    """Decodes one video into one record; returns its failure, if it fails."""
+    import tensorflow as tf
+
+    folder = storage.path(entry.path).is_dir()
+    try:
+        video = (read_frame_folder(entry.path, short_side) if folder else
+                 read_video(entry.path, fps, short_side, entry.start, entry.end))
+        jpegs = [tf.io.encode_jpeg(frame, quality=quality).numpy() for frame in video]
+    except Exception as e:  # noqa: BLE001 -- any decoder failure skips the video
+        return {"path": entry.path, "error": f"{type(e).__name__}: {e}"}
+    start_us = int(1e6 * (entry.start or 0.0))
+    end_us = int(1e6 * entry.end) if entry.end is not None else start_us + int(1e6 * len(jpegs) / fps)
+    writer.write(records.encode_clip(jpegs, entry.label, entry.label_text, entry.path,
+                                     start_us, end_us, None if folder else fps))
+    return None
 
 
 def write_records(entries: Sequence[VideoEntry], output_dir: str | os.PathLike, name: str,
@@ -126,18 +139,22 @@ def write_records(entries: Sequence[VideoEntry], output_dir: str | os.PathLike, 
     ``workers`` processes write shards in parallel (default: one per core; 0 writes in
     this process).
     """
-    output_dir = Path(output_dir)
+    output_dir = storage.path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     if num_shards < 1:
         raise ValueError(f"num_shards={num_shards} must be positive")
     from uniformerv2_jax.input.records import shard_name
 
-    paths = [str(output_dir / shard_name(name, i, num_shards)) for i in range(num_shards)]
-    todo = [i for i, p in enumerate(paths) if not os.path.exists(p)]
+    paths = [os.fspath(output_dir / shard_name(name, i, num_shards)) for i in range(num_shards)]
     failures_file = output_dir / f"{name}-failures.json"
-    failures = json.loads(failures_file.read_text()) if failures_file.exists() else []
     counts_file = output_dir / f"{name}-counts.json"  # records per shard, for eval planning
     counts = json.loads(counts_file.read_text()) if counts_file.exists() else {}
+    # A shard is finished when it exists and the counts sidecar (written after it) names it.
+    todo = [i for i, p in enumerate(paths)
+            if storage.path(p).name not in counts or not storage.path(p).exists()]
+    rewritten = {storage.path(paths[i]).name for i in todo}
+    failures = json.loads(failures_file.read_text()) if failures_file.exists() else []
+    failures = [f for f in failures if f.get("shard") not in rewritten]  # listed again below
     if workers is None:
         workers = min(os.cpu_count() or 1, len(todo))
     jobs = [(entries[i::num_shards], paths[i], fps, short_side, quality) for i in todo]
@@ -145,7 +162,9 @@ def write_records(entries: Sequence[VideoEntry], output_dir: str | os.PathLike, 
 
     def done(job, result):
         failures.extend(result[0])
-        counts[os.path.basename(job[1])] = result[1]
+        counts[storage.path(job[1]).name] = result[1]
+        # After every shard, so that an interrupted run knows what is finished.
+        storage.write_atomic(counts_file, json.dumps(dict(sorted(counts.items())), indent=1))
         bar.update(1)
 
     if workers == 0 or len(jobs) <= 1:  # in this process
@@ -158,8 +177,7 @@ def write_records(entries: Sequence[VideoEntry], output_dir: str | os.PathLike, 
             for future in concurrent.futures.as_completed(futures):
                 done(futures[future], future.result())
     bar.close()
-    failures_file.write_text(json.dumps(failures, indent=1))
-    counts_file.write_text(json.dumps(dict(sorted(counts.items())), indent=1))
+    storage.write_atomic(failures_file, json.dumps(failures, indent=1))
     if failures:
         logging.warning("%d videos failed to decode and were skipped; see %s",
                         len(failures), failures_file)
@@ -175,7 +193,7 @@ def _progress(total: int, desc: str, enabled: bool):
 def folder_entries(root: str | os.PathLike, class_names: Sequence[str] | None = None
                    ) -> tuple[list[VideoEntry], list[str]]:
     """A folder-per-class tree ``root/<class>/<video>`` -> entries and the class list."""
-    root = Path(root)
+    root = storage.path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"video folder not found: {root}")
     names = list(class_names) if class_names else sorted(p.name for p in root.iterdir() if p.is_dir())
@@ -195,12 +213,12 @@ def csv_entries(csv_path: str | os.PathLike, video_root: str | os.PathLike,
     (the usual download layout); ``label`` may be a class name or an index.
     """
     import csv
+    import io
 
     index = {name: i for i, name in enumerate(class_names)}
-    root = Path(video_root)
+    root = storage.path(video_root)
     entries = []
-    with open(csv_path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(storage.path(csv_path).read_text(encoding="utf-8"))))
     for line, row in enumerate(rows, start=2):
         label = row.get("label", "").strip()
         if label not in index and not label.isdigit():
@@ -229,13 +247,13 @@ def something_something_entries(list_json: str | os.PathLike, labels_json: str |
     Videos are ``<video_root>/<id>.webm`` (SSv2), or frame folders ``<video_root>/<id>/``
     (SSv1's JPEG frames) when such a folder exists.
     """
-    labels = json.loads(Path(labels_json).read_text())
+    labels = json.loads(storage.path(labels_json).read_text())
     entries = []
-    for item in json.loads(Path(list_json).read_text()):
+    for item in json.loads(storage.path(list_json).read_text()):
         name = item["template"].replace("[", "").replace("]", "")
         if name not in labels:
             raise ValueError(f"{list_json}: video {item['id']}: template {name!r} not in {labels_json}")
-        folder = Path(video_root) / str(item["id"])
+        folder = storage.path(video_root) / str(item["id"])
         path = folder if folder.is_dir() else folder.with_name(f"{item['id']}.webm")
         entries.append(VideoEntry(str(path), int(labels[name]), name))
     return entries
