@@ -145,7 +145,7 @@ class Checkpoints:
                 suffix = 1
                 while target.exists():
                     target, suffix = self.directory / f"{step}.damaged{suffix}", suffix + 1
-                path.rename(target)
+                storage.move(path, target)
                 log.error("moved the damaged checkpoint %s to %s", path, target)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils

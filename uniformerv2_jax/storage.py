@@ -170,6 +170,33 @@ def local_copy(p: PathLike) -> Iterator[str]:
         os.remove(name)
 
 
+def move(source: PathLike, target: PathLike) -> None:
+    """Renames a file or directory. Object stores have no directories and no rename: there
+    every object is copied and deleted, and a completion marker moves last, so the target
+    is complete only once everything has arrived (the source stops being so first)."""
+    import tensorflow as tf
+
+    source, target = path(source), path(target)
+    if not is_remote(source):
+        source.rename(target)
+        return
+    if not source.is_dir():
+        retry(lambda: tf.io.gfile.rename(os.fspath(source), os.fspath(target)), f"moving {source}")
+        return
+    marker = source / COMPLETE_MARKER
+    complete = retry(marker.exists, f"reading {source}")
+    if complete:
+        marker.unlink()
+    for directory, _, files in tf.io.gfile.walk(os.fspath(source)):
+        relative = directory[len(os.fspath(source)):].strip("/")
+        for name in files:
+            destination = target / relative / name if relative else target / name
+            retry(lambda d=directory, n=name, t=destination: tf.io.gfile.rename(
+                f"{d.rstrip('/')}/{n}", os.fspath(t), overwrite=True), f"moving {source}")
+    if complete:
+        mark_complete(target)
+
+
 def mark_complete(directory: PathLike) -> None:
     """Publishes a directory written in pieces: the marker is its last object."""
     write_atomic(path(directory) / COMPLETE_MARKER, "")

@@ -65,26 +65,12 @@ def save_converted(directory: str | os.PathLike, model: UniFormerV2, variables: 
         old = directory.with_name(f".{directory.name}.old")
         if old.exists():
             old.rmtree()
-        _move(directory, old)
-        _move(staging, directory)
+        storage.move(directory, old)
+        storage.move(staging, directory)
         old.rmtree()
     else:
-        _move(staging, directory)
+        storage.move(staging, directory)
     return directory
-
-
-def _move(source: storage.epath.Path, target: storage.epath.Path) -> None:
-    """Renames a directory; on object storage every object first, the marker last."""
-    if not storage.is_remote(source):
-        source.rename(target)
-        return
-    marker = source / storage.COMPLETE_MARKER
-    complete = marker.exists()
-    if complete:
-        marker.unlink()  # the source stops being complete before the target becomes so
-    source.rename(target)
-    if complete:
-        storage.mark_complete(target)
 
 
 def load_converted(directory: str | os.PathLike) -> tuple[UniFormerV2, dict]:
