@@ -84,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         train="",  # comma-separated globs of DMVR shards, or "tfds:NAME/SPLIT"
         val="",
+        tfds_data_dir="",  # with tfds:NAME/SPLIT: where the prepared TFDS data is (gs:// too)
         num_classes=400,
         class_names="",  # one name per line; shown by eval and predict
         frames=8,

@@ -76,13 +76,14 @@ class Experiment:
                           rng=jax.random.key_data(state_rng))
 
 
-def resolve_source(spec: str, field: str) -> list[str] | sources.TFDSSource:
-    """``tfds:NAME/SPLIT`` or comma-separated globs of record shards (which must exist)."""
+def resolve_source(spec: str, field: str, tfds_data_dir: str = "") -> list[str] | sources.TFDSSource:
+    """``tfds:NAME/SPLIT`` (prepared in ``tfds_data_dir``, default TFDS's) or
+    comma-separated globs of record shards (which must exist), local or ``gs://``."""
     if not spec:
         raise ValueError(f"config.{field} is empty: give record shards (globs) or tfds:NAME/SPLIT")
     if spec.startswith("tfds:"):
         name, _, split = spec[5:].partition("/")
-        return sources.TFDSSource(name, split or "train")
+        return sources.TFDSSource(name, split or "train", tfds_data_dir or None)
     files = sorted({f for pattern in spec.split(",") for f in storage.glob(pattern.strip())})
     if not files:
         raise FileNotFoundError(f"config.{field}={spec!r}: no file matches this path")
@@ -95,7 +96,8 @@ def epoch_size(source: list[str] | sources.TFDSSource, config: ml_collections.Co
     if not examples:
         if isinstance(source, sources.TFDSSource):
             import tensorflow_datasets as tfds
-            examples = tfds.builder(source.name).info.splits[source.split].num_examples
+            info = tfds.builder(source.name, data_dir=source.data_dir).info
+            examples = info.splits[source.split].num_examples
         else:
             examples = sum(sources.record_counts(source).values())
     return examples * config.data.repeated_augment
@@ -311,8 +313,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     """Trains (or resumes) and returns the last evaluation's results."""
     config_lib.validate(config)
     workdir = storage.path(workdir)
-    train_source = resolve_source(config.data.train, "data.train")
-    val_source = resolve_source(config.data.val, "data.val") if config.data.val else None
+    d = config.data
+    train_source = resolve_source(d.train, "data.train", d.tfds_data_dir)
+    val_source = resolve_source(d.val, "data.val", d.tfds_data_dir) if d.val else None
     class_names = read_class_names(config.data.class_names) if config.data.class_names else None
     exp = build(config, epoch_size(train_source, config))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -466,7 +469,7 @@ def restore_for_eval(workdir: str | os.PathLike, config: ml_collections.ConfigDi
 def evaluate_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
                      which: str = "best") -> dict[str, Any]:
     """``main.py eval``: evaluates a checkpoint of ``workdir`` on ``config.data.val``."""
-    source = resolve_source(config.data.val, "data.val")
+    source = resolve_source(config.data.val, "data.val", config.data.tfds_data_dir)
     exp, state, step = restore_for_eval(workdir, config, which)
     class_names = read_class_names(config.data.class_names) if config.data.class_names else None
     results = run_eval(exp, state, source, class_names)

@@ -5,8 +5,9 @@ the short side is ``short_side`` (256), JPEG-encoded one record per clip, and de
 round-robin into ``name-00000-of-00128.tfrecord`` shards. Inputs and outputs may be local
 or ``gs://`` (:mod:`uniformerv2_jax.storage`). Shards are written by worker processes,
 each to a local staging file published (renamed, or uploaded in one piece) only when
-complete, so a rerun keeps finished shards (resumable) and no reader sees a partial one. Videos that fail to decode are skipped, counted and listed in
-``name-failures.json``; the run goes on.
+complete, so a rerun keeps finished shards (resumable) and no reader sees a partial one.
+Videos that fail to decode are skipped, counted and listed in ``name-failures.json``
+(each once, also across resumed runs); the run goes on.
 """
 
 from __future__ import annotations
