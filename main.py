@@ -6,7 +6,7 @@
       prints a table; plots and metrics go to the workdir.
 
   python main.py train --config=configs/kinetics.py:k400/b16_8x224 --workdir=runs/k400
-      [--config.init_from=clip:ViT-B-16.pt] [--config.data.train='records/train-*'] ...
+      --config.init_from=clip:ViT-B-16.pt [--config.data.train='records/train-*'] ...
       Trains, or resumes from the newest checkpoint in --workdir. Any config field can be
       set with --config.<field>=<value>. Multi-host: add --distributed.
   python main.py eval --workdir=runs/k400 [--checkpoint=best|latest|STEP] [--config=...]
@@ -38,6 +38,9 @@
 
   python main.py make_synthetic --out=data/synthetic
       The synthetic temporal task as videos and train/val records.
+  python main.py check_records --data='records/train-*' [--classes=FILE | --num_classes=N] [--json]
+      Reads and decodes every record; counts per shard and in total, bad records by reason,
+      frame count/size distributions, class histogram. Exits non-zero if any record is bad.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from uniformerv2_jax import storage
 
 ROOT = Path(__file__).resolve().parent
 COMMANDS = ("demo", "train", "eval", "predict", "parity", "convert", "write_records",
-            "make_synthetic")
+            "make_synthetic", "check_records")
 
 config_flags.DEFINE_config_file("config", None, "train/eval: configs/<exp>.py[:arg].",
                                 lock_config=True)
@@ -90,14 +93,18 @@ flags.DEFINE_string("csv", None, "write_records: 'path,label' or Kinetics CSV.")
 flags.DEFINE_string("ssv2_list", None, "write_records: Something-Something list JSON.")
 flags.DEFINE_string("ssv2_labels", None, "write_records: Something-Something labels JSON.")
 flags.DEFINE_string("video_root", None, "write_records: where the CSV/list videos are.")
-flags.DEFINE_string("classes", None, "write_records: class names, one per line.")
+flags.DEFINE_string("classes", None, "write_records, check_records: class names, one per line.")
 flags.DEFINE_string("name", "train", "write_records: shard base name.")
 flags.DEFINE_integer("num_shards", 16, "write_records: number of shards.")
 flags.DEFINE_float("fps", 10.0, "write_records: frames per second kept.")
 flags.DEFINE_integer("short_side", 256, "write_records: short side of stored frames.")
-flags.DEFINE_integer("workers", None, "write_records: worker processes (default: cores).")
+flags.DEFINE_integer("workers", None, "write_records: worker processes; check_records: threads "
+                     "(default: cores).")
 flags.DEFINE_integer("videos_per_class", 96, "make_synthetic: training videos per class.")
 flags.DEFINE_integer("val_per_class", 24, "make_synthetic: validation videos per class.")
+flags.DEFINE_string("data", None, "check_records: record shards, comma-separated globs.")
+flags.DEFINE_integer("num_classes", None, "check_records: class count (labels >= N are bad).")
+flags.DEFINE_bool("json", False, "check_records: print the report as one JSON object.")
 FLAGS = flags.FLAGS
 
 
@@ -176,6 +183,29 @@ def make_synthetic() -> None:
     storage.write_atomic(out / "classes.txt", "\n".join(synthetic.CLASSES) + "\n")
 
 
+def check_records() -> None:
+    import json
+
+    from uniformerv2_jax.input import doctor
+    from uniformerv2_jax.labels import read_class_names
+
+    if not FLAGS.data:
+        raise app.UsageError("check_records needs --data=GLOB[,GLOB...]")
+    files = doctor.list_shards(FLAGS.data)
+    if not files:
+        raise app.UsageError(f"--data={FLAGS.data!r}: no file matches")
+    num_classes = FLAGS.num_classes
+    if FLAGS.classes:
+        num_classes = len(read_class_names(FLAGS.classes))
+        if FLAGS.num_classes is not None and FLAGS.num_classes != num_classes:
+            raise app.UsageError(f"--num_classes={FLAGS.num_classes} but --classes lists {num_classes}")
+    report = doctor.check_records(files, num_classes, workers=FLAGS.workers or os.cpu_count() or 1,
+                                  progress=sys.stderr.isatty())
+    print(json.dumps(report) if FLAGS.json else doctor.format_report(report))
+    if report["bad"]:
+        sys.exit(1)
+
+
 def write_official(path, state: dict) -> None:
     if path.exists() and not FLAGS.overwrite:
         raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
@@ -239,7 +269,7 @@ def predict_command() -> None:
         exp, state, _ = train.restore_for_eval(directory, config)
         model, variables = exp.model, {"params": state.params, "batch_stats": state.batch_stats}
         d = config.data
-        frames, crop, clips, crops = d.frames, d.crop, d.test_clips, d.test_crops
+        frames, crop, clips, crops = model.t_size, model.input_resolution, d.test_clips, d.test_crops
         names_file = d.class_names or None
     names = predict.class_names_for(model.num_classes, FLAGS.class_names or names_file)
     views = predict.video_views(FLAGS.video, clip_frames=frames, crop_size=crop,
@@ -325,7 +355,7 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)
     {"demo": demo, "train": train_command, "eval": eval_command, "predict": predict_command,
      "parity": parity, "convert": convert, "write_records": write_records,
-     "make_synthetic": make_synthetic}[argv[1]]()
+     "make_synthetic": make_synthetic, "check_records": check_records}[argv[1]]()
 
 
 if __name__ == "__main__":

@@ -19,16 +19,14 @@ def get_config(arg: str = "temporal"):
     temporal = arg == "temporal"
     c = base_config()
     c.seed = 0
+    c.init_from = "scratch"  # random initialisation: the demo has no pretrained weights
     c.model = model_config(
         "B/16", input_resolution=64, patch_size=8, width=96, layers=4, heads=4, t_size=8,
         return_list=(2, 3), n_dim=96, n_head=4, mlp_dropout=0.0, cls_dropout=0.0,
         num_classes=2, no_lmhra=not temporal, dpe=temporal)
     c.data.train = "data/synthetic/train-*.tfrecord"
     c.data.val = "data/synthetic/val-*.tfrecord"
-    c.data.num_classes = 2
     c.data.class_names = "data/synthetic/classes.txt"
-    c.data.frames = 8
-    c.data.crop = 64
     c.data.area = (0.6, 1.0)
     c.data.randaugment = ""
     c.data.shuffle_buffer = 256

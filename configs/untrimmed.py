@@ -10,8 +10,8 @@ from uniformerv2_jax.config import Row, experiment
 
 ROWS = {
     # name:             backbone frames init                        batch lr    ep warm views    reported top-1
-    "l14_16x224": Row("L/14", 16, "kinetics/l14_16x224_k710", 64, 5e-6, 20, 5, (10, 3), {"anet": 94.3, "hacs": 95.5}),
-    "l14_32x224": Row("L/14", 32, "kinetics/l14_32x224_k710", 64, 5e-6, 20, 5, (10, 3), {"anet": 94.7, "hacs": 95.4}),
+    "l14_16x224": Row("L/14", 16, "kinetics.py:k400/l14_16x224_k710", 64, 5e-6, 20, 5, (10, 3), {"anet": 94.3, "hacs": 95.5}),
+    "l14_32x224": Row("L/14", 32, "kinetics.py:k400/l14_32x224_k710", 64, 5e-6, 20, 5, (10, 3), {"anet": 94.7, "hacs": 95.4}),
 }
 
 

@@ -13,15 +13,13 @@ import pytest  # noqa: E402
 jax.config.update("jax_default_matmul_precision", "highest")
 
 ROOT = Path(__file__).resolve().parents[1]
-GOLDEN = ROOT.parent / "shared" / "golden"
+FIXTURES = ROOT / "data" / "fixtures"
 
 
 @pytest.fixture(scope="session")
 def golden() -> Path:
-    """The official-code fixtures (../shared/golden beside the clone)."""
-    if not GOLDEN.is_dir():
-        pytest.skip(f"golden fixtures absent: {GOLDEN} (CI keeps shared/ beside the clone)")
-    return GOLDEN
+    """The official-code fixtures, shipped in data/fixtures (copies of shared/golden)."""
+    return FIXTURES
 
 
 def tiny_fields(**overrides) -> dict:
@@ -84,7 +82,8 @@ def synthetic_records(tmp_path_factory) -> dict:
 
 
 def tiny_train_config(records: dict, **overrides):
-    """configs/synthetic.py shrunk: a 2-layer model on 4 frames of 32x32, batch 8."""
+    """configs/synthetic.py shrunk: a 2-layer model on 4 frames (model.t_size) of 32x32
+    (model.input_resolution), batch 8, from scratch."""
     import sys
 
     sys.path.insert(0, str(ROOT))
@@ -94,9 +93,9 @@ def tiny_train_config(records: dict, **overrides):
     c = synthetic.get_config("temporal")
     c.model = model_config("B/16", **tiny_fields(layers=2, return_list=(1,), num_classes=2,
                                                  mlp_dropout=0.0, cls_dropout=0.0))
+    c.init_from = "scratch"  # random initialisation
     c.data.train, c.data.val = records["train"], records["val"]
     c.data.class_names = ""
-    c.data.frames, c.data.crop = 4, 32
     c.data.shuffle_buffer = 16
     c.data.test_clips, c.data.test_crops = 2, 3
     c.batch_size = c.eval_batch_size = 8

@@ -7,6 +7,7 @@ parameters, bit for bit.
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -80,7 +81,8 @@ def run_with_faults(records, workdir, out, faults, rng, timeout=600):
             assert proc.returncode == 0, log[-3000:]
         result = json.loads(out.read_text())["eval"] if proc.returncode == 0 else None
         out.unlink(missing_ok=True)
-        history.append((fault, proc.returncode, result))
+        resumed = re.search(r"resumed from \S+/checkpoints/(\d+)", log)
+        history.append((fault, proc.returncode, result, int(resumed.group(1)) if resumed else None))
         if result and "top1" in result:
             break
     return history
@@ -107,6 +109,8 @@ def test_interrupted_runs_end_exactly_like_the_uninterrupted_one(reference, synt
     history = run_with_faults(synthetic_records, workdir, tmp_path / "out.json", faults, rng)
     assert history[0][1] == -signal.SIGKILL, history
     assert "preempted_at" in history[1][2], history  # SIGTERM: saved and exited cleanly
+    # The run after the SIGTERM resumed where that one saved, not from scratch.
+    assert history[2][3] == history[1][2]["preempted_at"] >= 1, history
     reference_losses, (reference_step, reference_params) = reference
     assert losses(workdir) == reference_losses
     step, params = final_params(workdir)

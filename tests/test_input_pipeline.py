@@ -130,7 +130,9 @@ def test_bad_records_are_skipped_and_counted(tmp_path):
                                num_crops=1, num_classes=10)
     batches = list(ds)
     assert labels_seen(batches) == [1]
-    assert sum(int(b["bad"].numpy().sum()) for b in batches) == 5
+    # 7 records: 1 good, 5 bad in the first shard, and the second shard's one, lost to its
+    # damaged framing: good + bad = all.
+    assert sum(int(b["bad"].numpy().sum()) for b in batches) == 6
     train = pipeline.train_dataset(files, batch_size=2, clip_frames=4, crop_size=16, seed=0,
                                    num_classes=10, shuffle_buffer=4)
     batch = next(iter(train))
@@ -229,3 +231,64 @@ def test_train_stream_resumes_exactly_after_any_batch(shards):
         for a, b in zip(full[k + 1:], resumed):
             for key in ("video", "targets", "label", "epoch", "position"):
                 np.testing.assert_array_equal(a[key], b[key])
+
+
+def jpeg_with_undefined_huffman_table(jpeg: bytes) -> bytes:
+    """A JPEG whose scan selects Huffman table 3, which it never defines: its header still
+    parses (and ends in EOI), its pixels do not."""
+    out, i = bytearray(jpeg), 2
+    while i < len(out):
+        marker, length = out[i + 1], int.from_bytes(out[i + 2:i + 4], "big")
+        if marker == 0xDA:  # start of scan: Ns, then (component, DC/AC table) pairs
+            for c in range(out[i + 4]):
+                out[i + 6 + 2 * c] = 0x33
+            return bytes(out)
+        i += 2 + length
+    raise ValueError("no start of scan")
+
+
+def test_frames_that_pass_the_header_check_but_do_not_decode_are_counted(tmp_path):
+    """good + bad = all records, in evaluation (``bad``) and training (``skipped``)."""
+    frame = tf.fill((24, 32, 3), tf.constant(90, tf.uint8))
+    jpeg, png = tf.io.encode_jpeg(frame).numpy(), tf.io.encode_png(frame).numpy()
+    no_tables, cut_png = jpeg_with_undefined_huffman_table(jpeg), png[: len(png) // 2]
+    assert tf.io.extract_jpeg_shape(no_tables).numpy().tolist() == [24, 32, 3]
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        tf.io.decode_image(no_tables)
+    clips = [records.encode_clip([jpeg] * 6, 0, "good"),
+             records.encode_clip([cut_png] * 6, 1, "truncated png"),
+             records.encode_clip([jpeg] * 6, 0, "good"),
+             records.encode_clip([no_tables] * 6, 1, "undefined huffman table"),
+             records.encode_clip([jpeg] * 6, 0, "good")]
+    path = str(tmp_path / records.shard_name("undecodable", 0, 1))
+    with tf.io.TFRecordWriter(path) as writer:
+        for clip in clips:
+            writer.write(clip)
+    batches = list(pipeline.eval_dataset([path], batch_size=2, clip_frames=4, crop_size=16,
+                                         num_clips=1, num_crops=1, num_classes=2))
+    good = sum(int(b["mask"].numpy().sum()) for b in batches)
+    bad = sum(int(b["bad"].numpy().sum()) for b in batches)
+    assert (good, bad) == (3, 2)
+    train = pipeline.train_dataset([path], batch_size=1, clip_frames=4, crop_size=16, seed=0,
+                                   num_classes=2, shuffle_buffer=1)
+    epoch0 = [b for b in train.take(4).as_numpy_iterator() if b["epoch"][0] == 0]
+    assert [int(b["position"][0]) for b in epoch0] == [0, 2, 4]  # the bad ones never arrive
+    assert [int(b["skipped"][0]) for b in epoch0] == [0, 1, 2]  # ... but are counted
+
+
+def test_a_shard_truncated_without_a_counts_file_is_counted_and_named(tmp_path, caplog):
+    frame = tf.io.encode_jpeg(tf.zeros((8, 8, 3), tf.uint8)).numpy()
+    path = tmp_path / records.shard_name("cut", 0, 1)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for label in range(4):
+            writer.write(records.encode_clip([frame] * 4, label, "x"))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 5 // 8])  # inside the third record
+    with caplog.at_level("WARNING"):
+        counts = sources.record_counts([str(path)])
+    assert counts == {str(path): 3}  # 2 readable + the damaged tail, one bad record
+    assert f"{path}: framing damaged after 2 readable records" in caplog.text
+    batches = list(pipeline.eval_dataset([str(path)], batch_size=2, clip_frames=2, crop_size=8,
+                                         num_clips=1, num_crops=1, num_classes=4))
+    assert sum(int(b["mask"].numpy().sum()) for b in batches) == 2
+    assert sum(int(b["bad"].numpy().sum()) for b in batches) == 1

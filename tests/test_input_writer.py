@@ -72,6 +72,9 @@ def test_writer_round_trip_with_failures_skipped_listed_and_resume(tmp_path, vid
     again = writer.write_records(entries, tmp_path, "train", num_shards=3, fps=16,
                                  short_side=48, workers=0, progress=False)
     assert again["written"] == 1 and again["kept"] == 2
+    # The rewritten shard's failure (zero.mp4) is listed once, not once per run.
+    relisted = json.loads((tmp_path / "train-failures.json").read_text())
+    assert again["failed"] == 3 and sorted(f["path"] for f in relisted) == sorted(f["path"] for f in failures)
 
     batch = next(iter(pipeline.eval_dataset(shard_files, batch_size=4, clip_frames=8,
                                             crop_size=48, num_clips=1, num_crops=1)))

@@ -1,6 +1,7 @@
 """Two processes on localhost (jax.distributed + gloo), 4 CPU devices each."""
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -8,6 +9,9 @@ import sys
 import numpy as np
 import pytest
 from conftest import ROOT
+
+from uniformerv2_jax import train
+from uniformerv2_jax.input import sources
 
 WORKER = ROOT / "tests" / "multihost_worker.py"
 
@@ -56,3 +60,16 @@ def test_two_processes_train_checkpoint_resume_and_evaluate_every_video_once(syn
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert sorted({r["step"] for r in rows if "train/loss" in r}) == [2, 4, 6, 8]
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 6, 8]
+
+    # The two hosts' files are disjoint and cover the set ...
+    files = sources.record_counts(train.resolve_source(synthetic_records["val"], "data.val"))
+    shares = [set(sources.host_shard(list(files), i, 2)[0]) for i in range(2)]
+    assert not shares[0] & shares[1] and shares[0] | shares[1] == set(files)
+    # ... and their evaluation is exactly one process's evaluation of the same checkpoint.
+    two = json.loads((workdir / "eval.json").read_text())
+    alone = tmp_path / "alone"
+    shutil.copytree(workdir, alone)
+    train.evaluate_workdir(alone, train.load_workdir_config(alone), "latest")
+    one = json.loads((alone / "eval.json").read_text())
+    assert one["step"] == 8 and (one["videos"], one["bad_records"]) == (10, 0)
+    assert (one["confusion"], one["top1"], one["top5"]) == (two["confusion"], two["top1"], two["top5"])

@@ -85,7 +85,8 @@ def test_frozen_recipe_trains_only_the_global_path_and_head():
     moved = jax.tree.map(lambda u: bool(jnp.any(u != 0)), updates)
     assert not moved["conv1"] and not moved["positional_embedding"]
     assert not moved["layer_2"]["block"]["attn"]["in_proj_kernel"]
-    assert moved["layer_2"]["global"]["attn"]["in_proj_kernel"] and moved["layer_2"]["global"]["dpe"]["kernel"]
+    global_block = moved["layer_2"]["global"]
+    assert global_block["attn"]["in_proj_kernel"] and global_block["dpe"]["kernel"]
     assert moved["temporal_cls_token"] and moved["head"]["kernel"] and moved["head_norm"]["scale"]
     # Frozen parameters carry no Adam moments.
     mu = optax.tree_utils.tree_get(state, "mu")

@@ -140,11 +140,10 @@ def test_missing_data_names_the_path(synthetic_records, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"model.temporal_downsample": True, "data.frames": 5}, "config.data.frames: 5 is not divisible"),
-    ({"data.crop": 30}, "config.data.crop: 30 differs from model.input_resolution=32"),
-    ({"model.input_resolution": 30, "data.crop": 30}, "input_resolution=30.*patch_size=8"),
+    ({"model.temporal_downsample": True, "model.t_size": 5}, "t_size=5: must be even"),
+    ({"model.t_size": 0}, "config.model.t_size"),
+    ({"model.input_resolution": 30}, "input_resolution=30.*patch_size=8"),
     ({"model.n_dim": 64}, "n_dim=64.*must equal width=32"),
-    ({"data.num_classes": 3}, "config.data.num_classes"),
     ({"nonfinite": "ignore"}, "config.nonfinite"),
     ({"optim.warmup_epochs": 99.0}, "config.optim"),
     ({"init_from": "/some/file.pt"}, "config.init_from"),
@@ -177,7 +176,6 @@ def fixture_config(records, **model):
     fields.update(num_classes=2, mlp_dropout=0.5, **model)
     config = tiny_train_config(records)
     config.model = config_lib.model_config("B/16", **fields)
-    config.data.frames, config.data.crop = 8, 64
     config.init_from = f"official:{ROOT / 'data' / 'fixtures' / 'tiny_a.safetensors'}"
     return config
 

@@ -4,18 +4,25 @@ A config file in ``configs/`` is a table of rows (one per released experiment) a
 ``get_config(arg)`` that picks one; :func:`experiment` turns a row into the full config
 (model fields, data, optimiser, schedule, checkpoints, mesh). Every setting can be
 overridden on the command line (``--config.optim.lr=2e-5``); :func:`validate` rejects
-impossible combinations before anything is compiled, naming the field.
+impossible combinations before anything is compiled, naming the field, and
+:func:`check_mesh` the splits the mesh cannot make, once the device count is known.
+
+The model's fields are the one source of the clip shape and the class count: the data
+pipelines read ``config.model.t_size`` (input frames), ``input_resolution`` (the crop)
+and ``num_classes``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+from collections.abc import Mapping
 
 import jax.numpy as jnp
 import ml_collections
 
-from uniformerv2_jax import presets
+from uniformerv2_jax import presets, sharding
 
 # Logical axis -> mesh axes. Parameters: ``embed`` is sharded over ``fsdp`` (FSDP), the
 # heads and MLP hidden units over ``tensor``. Activations: the batch over ``data`` and
@@ -48,12 +55,21 @@ DATASETS = {
 }
 
 
+# init_from value for random initialisation; it must be said explicitly.
+SCRATCH = "scratch"
+
+# The OpenAI CLIP files the CLIP-initialised rows start from.
+CLIP_FILES = {"B/16": "ViT-B-16.pt", "L/14": "ViT-L-14.pt", "L/14@336": "ViT-L-14-336px.pt"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
     """One experiment of the official zoo (reference section 5 and MODEL_ZOO)."""
     variant: str  # "B/16", "L/14", "L/14@336"
     frames: int  # input frames
-    init: str  # what it starts from: "clip" or the checkpoint it fine-tunes
+    # What it starts from: "clip" (OpenAI CLIP of the variant), or the zoo row whose
+    # checkpoint it fine-tunes, as FILE:ARG of configs/ ("k710.py:l14_8x224").
+    init: str
     batch: int  # global batch
     lr: float
     epochs: int
@@ -72,23 +88,46 @@ def model_config(variant: str, **fields) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(values)
 
 
+def official_file(ref: str) -> str:
+    """The released checkpoint of the zoo row ``ref`` (MODEL_ZOO's file names):
+    ``k710.py:l14_336_8x336`` -> ``k710_uniformerv2_l14_8x336.pyth``,
+    ``kinetics.py:k400/b16_8x224_k710`` -> ``k400_k710_uniformerv2_b16_8x224.pyth``."""
+    file, _, arg = ref.partition(":")
+    dataset, _, name = arg.rpartition("/")
+    sets = dataset or file.removesuffix(".py")
+    frozen = name.startswith("frozen_")
+    name = name.removeprefix("frozen_").replace("l14_336_", "l14_")
+    if name.endswith("_k710"):
+        sets, name = f"{sets}_k710", name.removesuffix("_k710")
+    return f"{'frozen_' if frozen else ''}{sets}_uniformerv2_{name}.pyth"
+
+
+def starting_point(row: Row) -> str:
+    """What ``row`` starts from, in words, with the init_from values that give it."""
+    if row.init == "clip":
+        return f"CLIP {row.variant} (clip:{CLIP_FILES[row.variant]})"
+    return (f"the {row.variant} checkpoint of configs/{row.init} (converted:DIR of it, "
+            f"or the released official:{official_file(row.init)})")
+
+
 def base_config() -> ml_collections.ConfigDict:
     """The shared defaults: the official solver, sparse sampling, B/16 Kinetics model."""
     c = ml_collections.ConfigDict()
     c.seed = 6666
-    # "clip:PATH" (a CLIP checkpoint), "official:PATH" (a UniFormerV2 .pyth/.safetensors)
-    # or "converted:DIR" (``main.py convert`` output); empty: random initialisation.
+    # "clip:PATH" (a CLIP checkpoint), "official:PATH" (a UniFormerV2 .pyth/.safetensors),
+    # "converted:DIR" (``main.py convert`` output), or "scratch" (random initialisation).
+    # Training refuses to start while it is empty.
     c.init_from = ""
+    c.init_expected = ""  # a zoo row's starting point, in words (for that refusal)
     c.head_map = ""  # with official/converted: k400|k600|k700|first:N|JSON list, or "new"
+    # The clip (model.t_size frames of model.input_resolution^2) and the class count
+    # (model.num_classes) are the model's fields; the data pipelines read them there.
     c.model = model_config("B/16")
     c.data = ml_collections.ConfigDict(dict(
         train="",  # comma-separated globs of DMVR shards, or "tfds:NAME/SPLIT"
         val="",
         tfds_data_dir="",  # with tfds:NAME/SPLIT: where the prepared TFDS data is (gs:// too)
-        num_classes=400,
         class_names="",  # one name per line; shown by eval and predict
-        frames=8,
-        crop=224,
         dense_stride=0,  # 0: sparse (TSN) sampling; else dense with this frame stride
         flip=True,
         area=(0.08, 1.0),
@@ -137,10 +176,8 @@ def experiment(dataset: str, row: Row) -> ml_collections.ConfigDict:
     elif spec["family"] == "untrimmed":
         model.update(backbone_drop_path_rate=0.2, drop_path_rate=0.4)
     c.model = model_config(row.variant, **model)
-    c.data.num_classes = spec["num_classes"]
+    c.init_expected = starting_point(row)
     c.data.class_names = f"data/labels/{spec['labels']}"
-    c.data.frames = row.frames
-    c.data.crop = presets.PRESETS[row.variant]["input_resolution"]
     c.data.test_clips, c.data.test_crops = row.views
     c.batch_size = row.batch
     c.head_map = row.head_map
@@ -148,48 +185,111 @@ def experiment(dataset: str, row: Row) -> ml_collections.ConfigDict:
     return c
 
 
-def validate(c: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the config field of an impossible setting."""
-    def fail(field: str, why: str):
-        raise ValueError(f"config.{field}: {why}")
+def _fail(field: str, why: str):
+    raise ValueError(f"config.{field}: {why}")
 
+
+def validate(c: ml_collections.ConfigDict, training: bool = True) -> None:
+    """Raises ValueError naming the config field of an impossible setting.
+
+    ``training``: the config is about to start a run, so it must say what the run starts
+    from (:func:`validate_init_from`); evaluating or predicting from a trained checkpoint
+    does not need that.
+    """
     try:
         model = presets.model_from_fields(model_fields(c))
     except (TypeError, ValueError) as e:
         raise ValueError(f"config.model: {e}") from None
+    if model.t_size < 1:
+        _fail("model.t_size", f"{model.t_size}: the clip needs at least one frame")
     d = c.data
-    if d.crop != model.input_resolution:
-        fail("data.crop", f"{d.crop} differs from model.input_resolution={model.input_resolution}")
-    if d.frames < 1 or (model.temporal_downsample and d.frames % 2):
-        fail("data.frames", f"{d.frames} is not divisible by the temporal stride 2 "
-                            "(model.temporal_downsample)" if d.frames >= 1 else "must be positive")
-    if d.num_classes != model.num_classes:
-        fail("data.num_classes", f"{d.num_classes} differs from model.num_classes={model.num_classes}")
     if d.on_bad_record not in ("skip", "raise"):
-        fail("data.on_bad_record", f"{d.on_bad_record!r}: expected 'skip' or 'raise'")
+        _fail("data.on_bad_record", f"{d.on_bad_record!r}: expected 'skip' or 'raise'")
     if not (0 < d.area[0] <= d.area[1] <= 1):
-        fail("data.area", f"{tuple(d.area)}: expected 0 < min <= max <= 1")
+        _fail("data.area", f"{tuple(d.area)}: expected 0 < min <= max <= 1")
     if d.repeated_augment < 1 or d.test_clips < 1 or d.test_crops not in (1, 3) or d.dense_stride < 0:
-        fail("data", "repeated_augment and test_clips must be >= 1, test_crops 1 or 3, "
-                     "dense_stride >= 0")
+        _fail("data", "repeated_augment and test_clips must be >= 1, test_crops 1 or 3, "
+                      "dense_stride >= 0")
     if min(d.mixup, d.cutmix, d.label_smoothing) < 0 or d.label_smoothing >= 1:
-        fail("data", "mixup, cutmix must be >= 0 and label_smoothing in [0, 1)")
+        _fail("data", "mixup, cutmix must be >= 0 and label_smoothing in [0, 1)")
     if c.batch_size < 1 or c.eval_batch_size < 1:
-        fail("batch_size", "batch sizes must be positive")
+        _fail("batch_size", "batch sizes must be positive")
     o = c.optim
     if o.lr <= 0 or o.epochs <= 0 or not 0 <= o.warmup_epochs <= o.epochs:
-        fail("optim", f"needs lr > 0, epochs > 0 and 0 <= warmup_epochs <= epochs "
-                      f"(lr={o.lr}, epochs={o.epochs}, warmup_epochs={o.warmup_epochs})")
+        _fail("optim", f"needs lr > 0, epochs > 0 and 0 <= warmup_epochs <= epochs "
+                       f"(lr={o.lr}, epochs={o.epochs}, warmup_epochs={o.warmup_epochs})")
     if c.nonfinite not in ("stop", "skip"):
-        fail("nonfinite", f"{c.nonfinite!r}: expected 'stop' or 'skip'")
+        _fail("nonfinite", f"{c.nonfinite!r}: expected 'stop' or 'skip'")
     for field in ("log_every", "checkpoint_every", "keep"):
         if c[field] < 1:
-            fail(field, "must be positive")
-    if c.init_from and not re.match(r"^(clip|official|converted):.+", c.init_from):
-        fail("init_from", f"{c.init_from!r}: expected clip:PATH, official:PATH or converted:DIR")
+            _fail(field, "must be positive")
+    if c.init_from not in ("", SCRATCH) and not re.match(r"^(clip|official|converted):.+",
+                                                         c.init_from):
+        _fail("init_from", f"{c.init_from!r}: expected clip:PATH, official:PATH, converted:DIR "
+                           f"or {SCRATCH}")
+    if training:
+        validate_init_from(c)
     sizes = [c.mesh[a] for a in ("data", "fsdp", "tensor")]
     if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
-        fail("mesh", f"{dict(c.mesh)}: sizes must be positive, with at most one -1")
+        _fail("mesh", f"{dict(c.mesh)}: sizes must be positive, with at most one -1")
+
+
+def validate_init_from(c: ml_collections.ConfigDict) -> None:
+    """A run starts from what ``config.init_from`` names, never from random weights by
+    omission: empty is refused, ``scratch`` asks for random initialisation."""
+    if c.init_from:
+        return
+    expected = c.get("init_expected", "")
+    _fail("init_from", "is empty: "
+          + (f"this experiment starts from {expected}. " if expected else
+             "give clip:PATH, official:PATH or converted:DIR. ")
+          + f"Pass --config.init_from={SCRATCH} to train from random initialisation")
+
+
+def sharded_sizes(model) -> dict[str, tuple[tuple[str, int], ...]]:
+    """The model's sizes along each logical parameter axis, named by their config fields."""
+    m = model
+    sizes = {
+        "embed": (("model.width", m.width), ("model.n_dim", m.n_dim)),
+        "heads": (("model.heads", m.heads), ("model.n_head", m.n_head)),
+        "mlp": (("the MLP width 4 x model.width", 4 * m.width),
+                ("the global MLP width model.mlp_factor x model.n_dim",
+                 round(m.mlp_factor * m.n_dim))),
+        "kv": (("model.width / model.heads", m.width // m.heads),
+               ("model.n_dim / model.n_head", m.n_dim // m.n_head)),
+        "classes": (("model.num_classes", m.num_classes),),
+    }
+    if not m.no_lmhra:
+        sizes["reduced"] = (("model.width // model.dw_reduction", int(m.width // m.dw_reduction)),)
+    return sizes
+
+
+def check_mesh(c: ml_collections.ConfigDict, model, mesh_sizes: Mapping[str, int],
+               training: bool = True) -> None:
+    """Raises ValueError, naming ``config.mesh.*`` and the model or batch field, for a
+    split the resolved mesh (``mesh_sizes``: axis -> size) cannot make: every size a
+    parameter axis is sharded over (per ``config.axis_rules``) must divide by the
+    product of its mesh axes, and the global batches by ``data x fsdp`` and the process
+    count (``batch_size`` when ``training``; ``eval_batch_size`` unless a training run
+    has no ``data.val`` to evaluate on). Called before anything is traced:
+    JAX would fail only at the first jit (and a resumed run would then take every
+    checkpoint for damaged)."""
+    sizes = sharded_sizes(model)
+    for logical, axes in c.axis_rules:
+        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        if logical not in sizes or not axes:
+            continue
+        shards = math.prod(mesh_sizes[a] for a in axes)
+        for field, size in sizes[logical]:
+            if size % shards:
+                split = " x ".join(f"config.mesh.{a}={mesh_sizes[a]}" for a in axes)
+                raise ValueError(
+                    f"{split} does not divide {field}={size} (config.axis_rules shard "
+                    f"{logical!r} over {' x '.join(axes)}): choose mesh sizes that divide it")
+    if training:
+        sharding.check_batch(c.batch_size, mesh_sizes, "config.batch_size")
+    if c.data.val or not training:
+        sharding.check_batch(c.eval_batch_size, mesh_sizes, "config.eval_batch_size")
 
 
 def model_fields(c: ml_collections.ConfigDict) -> dict:

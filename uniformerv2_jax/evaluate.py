@@ -27,7 +27,7 @@ def eval_counts(state: TrainState, batch: dict, model: UniFormerV2) -> dict[str,
     predicted = jax.nn.one_hot(jnp.argmax(probs, -1), num_classes)
     return {"confusion": (truth.T @ predicted).astype(jnp.int32),
             "top5": jnp.sum(topk_correct(probs, batch["label"], 5) * mask).astype(jnp.int32),
-            "bad": jnp.sum(batch["bad"].astype(jnp.int32))}
+            "bad": jnp.sum(batch["bad"])}
 
 
 def accumulate(step: Callable[[dict], dict], batches: Iterable[dict]) -> dict[str, np.ndarray]:

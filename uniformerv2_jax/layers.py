@@ -137,14 +137,13 @@ class MLP(nn.Module):
     hidden: int
     dtype: Dtype = jnp.float32
     zero_init_out: bool = False
-    fc_init: Any = xavier_uniform()
 
     @nn.compact
     def __call__(self, x: Array, dropout_rate: float | Array = 0.0,
                  train: bool = False) -> Array:
         width = x.shape[-1]
         h = Dense((self.hidden,), ("embed", "mlp"), self.dtype,
-                  kernel_init=self.fc_init, name="c_fc")(x)
+                  kernel_init=xavier_uniform(), name="c_fc")(x)
         h = quick_gelu(h)
         h = drop(self, h, dropout_rate, train)
         out_init = zeros if self.zero_init_out else xavier_uniform()

@@ -84,10 +84,19 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
             for k, v in local.items()}
 
 
+def check_batch(global_size: int, mesh_sizes: Mapping[str, int],
+                what: str = "config.batch_size") -> None:
+    """A global batch must split evenly over the batch axes' devices and over the hosts.
+
+    ``mesh_sizes``: axis -> size (``Mesh.shape``)."""
+    shards = math.prod(mesh_sizes[a] for a in BATCH_AXES)
+    if global_size % shards or global_size % jax.process_count():
+        split = " x ".join(f"config.mesh.{a}={mesh_sizes[a]}" for a in BATCH_AXES)
+        raise ValueError(f"{what}={global_size} must be divisible by the data x fsdp mesh "
+                         f"size {shards} ({split}) and by the {jax.process_count()} processes")
+
+
 def local_batch_size(global_size: int, mesh: Mesh, what: str = "config.batch_size") -> int:
     """This process's share of a global batch; it must split evenly over hosts and devices."""
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if global_size % shards or global_size % jax.process_count():
-        raise ValueError(f"{what}={global_size} must be divisible by the data x fsdp mesh "
-                         f"size {shards} and by the {jax.process_count()} processes")
+    check_batch(global_size, mesh.shape, what)
     return global_size // jax.process_count()

@@ -65,8 +65,8 @@ class Experiment:
 
     def boxed_state(self, rng: jax.Array) -> TrainState:
         """A random initial state whose parameters carry their logical axes."""
-        d = self.config.data
-        video = jnp.zeros((1, d.frames, d.crop, d.crop, 3), jnp.float32)
+        m = self.model
+        video = jnp.zeros((1, m.t_size, m.input_resolution, m.input_resolution, 3), jnp.float32)
         params_rng, state_rng = jax.random.split(rng)
         variables = self.model.init(params_rng, video)
         # Raw key data (uint32): checkpoints hold plain arrays.
@@ -111,9 +111,12 @@ def build(config: ml_collections.ConfigDict, train_examples: int | None = None,
     (evaluation, prediction) the schedule is a placeholder of ``config.train_steps`` or 1.
     ``devices`` (default: all) are those the mesh spans.
     """
-    config_lib.validate(config)
+    # What a run starts from is checked by train(); evaluation does not need it.
+    config_lib.validate(config, training=False)
     model = model_from_fields(config_lib.model_fields(config))
     mesh = sharding.make_mesh(config.mesh, devices)
+    # Before anything is traced: a split the mesh cannot make would fail at the first jit.
+    config_lib.check_mesh(config, model, mesh.shape, training=train_examples is not None)
     # The official loader drops the last partial batch: an epoch is whole batches.
     steps_per_epoch = max(1, (train_examples or config.batch_size) // config.batch_size)
     o = config.optim
@@ -135,12 +138,13 @@ def build(config: ml_collections.ConfigDict, train_examples: int | None = None,
 
 def initial_state(exp: Experiment) -> TrainState:
     """A fresh state, created sharded (never whole on one device), then overwritten with
-    the pretrained weights of ``config.init_from`` if any."""
+    the pretrained weights of ``config.init_from`` unless it is ``scratch``."""
+    config_lib.validate_init_from(exp.config)
     rng = jax.random.key(exp.config.seed)
     with sharding.activate(exp.mesh, exp.rules):
         state = jax.jit(lambda r: nn.unbox(exp.boxed_state(r)),
                         out_shardings=exp.state_shardings)(rng)
-    if not exp.config.init_from:
+    if exp.config.init_from == config_lib.SCRATCH:
         return state
     from uniformerv2_jax.convert.pretrained import load_pretrained
 
@@ -216,31 +220,33 @@ class MetricsLog:
 
 def batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
     """The global training batch, as :func:`train_stream` yields it over all hosts."""
-    d, b = config.data, config.batch_size
-    spec = {"video": jax.ShapeDtypeStruct((b, d.frames, d.crop, d.crop, 3), jnp.float32),
+    d, m, b = config.data, config.model, config.batch_size
+    clip = (m.t_size, m.input_resolution, m.input_resolution, 3)
+    spec = {"video": jax.ShapeDtypeStruct((b, *clip), jnp.float32),
             "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
     if d.mixup > 0 or d.cutmix > 0 or d.label_smoothing > 0:
-        spec["targets"] = jax.ShapeDtypeStruct((b, d.num_classes), jnp.float32)
+        spec["targets"] = jax.ShapeDtypeStruct((b, m.num_classes), jnp.float32)
     return spec
 
 
 def eval_batch_spec(config: ml_collections.ConfigDict) -> dict[str, jax.ShapeDtypeStruct]:
     """The global evaluation batch: every video with its clips x crops views."""
-    d, b = config.data, config.eval_batch_size
+    d, m, b = config.data, config.model, config.eval_batch_size
     views = d.test_clips * d.test_crops
-    return {"video": jax.ShapeDtypeStruct((b, views, d.frames, d.crop, d.crop, 3), jnp.float32),
+    clip = (m.t_size, m.input_resolution, m.input_resolution, 3)
+    return {"video": jax.ShapeDtypeStruct((b, views, *clip), jnp.float32),
             "label": jax.ShapeDtypeStruct((b,), jnp.int32),
             "mask": jax.ShapeDtypeStruct((b,), jnp.bool_),
-            "bad": jax.ShapeDtypeStruct((b,), jnp.bool_)}
+            "bad": jax.ShapeDtypeStruct((b,), jnp.int32)}
 
 
 def train_stream(exp: Experiment, source, start: tuple[int, int]) -> Iterator[dict]:
-    c, d = exp.config, exp.config.data
+    c, d, m = exp.config, exp.config.data, exp.model
     local = sharding.local_batch_size(c.batch_size, exp.mesh)
     ds = pipeline.train_dataset(
-        source, batch_size=local, clip_frames=d.frames, crop_size=d.crop, seed=c.seed,
+        source, batch_size=local, clip_frames=m.t_size, crop_size=m.input_resolution, seed=c.seed,
         flip=d.flip, area=tuple(d.area), dense_stride=d.dense_stride or None,
-        shuffle_buffer=d.shuffle_buffer, num_classes=d.num_classes, on_bad_record=d.on_bad_record,
+        shuffle_buffer=d.shuffle_buffer, num_classes=m.num_classes, on_bad_record=d.on_bad_record,
         mixup_alpha=d.mixup, cutmix_alpha=d.cutmix, label_smoothing=d.label_smoothing,
         randaugment_spec=d.randaugment or None, repeated_augment=d.repeated_augment, start=start)
     return ds.as_numpy_iterator()
@@ -258,12 +264,12 @@ def run_eval(exp: Experiment, state: TrainState, source, class_names=None,
 
     ``num_batches``: :func:`eval_batch_count` of ``source``, if already known.
     """
-    c, d = exp.config, exp.config.data
+    c, d, m = exp.config, exp.config.data, exp.model
     local = sharding.local_batch_size(c.eval_batch_size, exp.mesh, "config.eval_batch_size")
     batches = pipeline.eval_dataset(
-        source, batch_size=local, clip_frames=d.frames, crop_size=d.crop,
+        source, batch_size=local, clip_frames=m.t_size, crop_size=m.input_resolution,
         num_clips=d.test_clips, num_crops=d.test_crops, dense_stride=d.dense_stride or None,
-        num_classes=d.num_classes, on_bad_record=d.on_bad_record,
+        num_classes=m.num_classes, on_bad_record=d.on_bad_record,
         num_batches=num_batches or eval_batch_count(exp, source))
     with sharding.activate(exp.mesh, exp.rules):
         step = jax.jit(functools.partial(evaluate.eval_counts, model=exp.model),

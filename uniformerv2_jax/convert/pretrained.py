@@ -1,7 +1,8 @@
 """Starting weights for training: ``config.init_from`` -> the model's parameters.
 
 ``clip:PATH`` (any CLIP the CLIP converter reads), ``official:PATH`` (an official
-UniFormerV2 checkpoint) or ``converted:DIR`` (``main.py convert`` output). The source's
+UniFormerV2 checkpoint) or ``converted:DIR`` (``main.py convert`` output); ``scratch``
+keeps the fresh (random) weights. The source's
 architecture must match the config's, key for key and shape for shape; only the head
 may differ, as ``config.head_map`` says: ``new`` keeps the fresh head, ``k400`` /
 ``first:N`` / a JSON list re-index the source's rows.
@@ -14,6 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from uniformerv2_jax.config import SCRATCH
 from uniformerv2_jax.convert.clip import from_clip
 from uniformerv2_jax.convert.mapping import CheckpointMismatchError, stack_layers, unstack_layers
 from uniformerv2_jax.convert.official import from_official, transfer_head
@@ -24,6 +26,9 @@ from uniformerv2_jax.presets import official_kwargs
 
 def source_variables(init_from: str, model: UniFormerV2, seed: int) -> tuple[UniFormerV2, dict]:
     """(source model, its variables in the loop layout) for ``init_from``."""
+    if init_from == SCRATCH:
+        raise ValueError(f"config.init_from={SCRATCH!r} names no pretrained weights: "
+                         "there is no source to read (random initialisation)")
     kind, _, path = init_from.partition(":")
     if kind == "clip":
         # Everything CLIP lacks is initialised as the config's model would be.
@@ -34,7 +39,8 @@ def source_variables(init_from: str, model: UniFormerV2, seed: int) -> tuple[Uni
     elif kind == "converted":
         source, variables = load_converted(path)
     else:
-        raise ValueError(f"config.init_from={init_from!r}: expected clip:, official: or converted:")
+        raise ValueError(f"config.init_from={init_from!r}: expected clip:, official:, converted: "
+                         f"or {SCRATCH}")
     if source.scan:
         variables = unstack_layers(source, variables)
     return source, variables
@@ -42,7 +48,10 @@ def source_variables(init_from: str, model: UniFormerV2, seed: int) -> tuple[Uni
 
 def load_pretrained(init_from: str, head_map: str, model: UniFormerV2, params: Any,
                     batch_stats: Any, seed: int = 0) -> tuple[Any, Any]:
-    """The pretrained (params, batch_stats), shaped like the given fresh ones (numpy)."""
+    """The pretrained (params, batch_stats), shaped like the given fresh ones (numpy);
+    for ``scratch``, the fresh ones themselves."""
+    if init_from == SCRATCH:
+        return params, batch_stats
     source, variables = source_variables(init_from, model, seed)
     fresh_head = jax.tree.map(np.asarray, params["head"])
     if head_map and head_map != "new":

@@ -44,7 +44,8 @@ def _checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: 
     A clip is bad when it has no frames, a frame that is not a whole JPEG or PNG or that
     declares a side over ``MAX_FRAME_SIDE``, no label, or a label outside [0, num_classes).
     ``on_bad_record="skip"`` lets the caller drop and count them (records that do not
-    parse at all, e.g. from a truncated file, are dropped with a logged warning);
+    parse at all are dropped here and counted by the caller from what never arrives; a
+    shard's damaged framing arrives as empty records, see :func:`sources.shard_records`);
     ``"raise"`` stops with an error naming the shard and the video.
     """
     if on_bad_record not in ("skip", "raise"):
@@ -162,8 +163,10 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
                 "skipped": skipped, "epoch": epoch, "position": position}
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
-    if on_bad_record == "skip":  # undecodable JPEGs
-        ds = ds.ignore_errors(log_warning=True)
+    if on_bad_record == "skip":  # frames that pass the header check but do not decode
+        ds = ds.ignore_errors(log_warning=True).scan(
+            (tf.constant(start_epoch, tf.int64), tf.constant(start_position - 1, tf.int64),
+             tf.constant(0, tf.int64)), _count_missing_positions)
     ds = ds.batch(batch_size, drop_remainder=True)
     if mixing_on:
         def mix(batch):  # keyed by the batch's first example: the same after a resume
@@ -174,6 +177,36 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
 
         ds = ds.map(mix, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.prefetch(AUTOTUNE)
+
+
+def _count_missing_positions(state, example):
+    """Adds the examples that never arrived (positions skipped in the stream) to ``skipped``.
+
+    ``state``: (epoch, position) of the previous example and the count so far this epoch.
+    With ``repeated_augment`` > 1 each undecodable copy counts once.
+    """
+    last_epoch, last_position, missing = state
+    new_epoch = example["epoch"] != last_epoch
+    previous = tf.where(new_epoch, tf.constant(-1, tf.int64), last_position)
+    missing = tf.where(new_epoch, tf.constant(0, tf.int64), missing) + example["position"] - previous - 1
+    example = {**example, "skipped": example["skipped"] + missing}
+    return (example["epoch"], example["position"], missing), example
+
+
+def _with_missing_count(ds: tf.data.Dataset, records: int) -> tf.data.Dataset:
+    """Appends one masked example whose ``bad`` counts the records that never arrived
+    (unparseable, or a frame that passed the header check but did not decode): this host's
+    ``records`` minus the examples that did. Good + bad = all, exactly."""
+    end = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
+    marked = ds.map(lambda e: (e, False)).concatenate(tf.data.Dataset.from_tensors((end, True)))
+
+    def step(arrived, item):
+        example, is_end = item
+        missing = tf.cast(records - arrived, tf.int32)
+        example = {**example, "bad": tf.where(is_end, missing, example["bad"])}
+        return arrived + 1, example
+
+    return marked.scan(tf.constant(0, tf.int64), step)
 
 
 def eval_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int,
@@ -189,10 +222,15 @@ def eval_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int,
 
     Batches: ``video`` (B, V, T, S, S, 3) with V = clips x crops (clip-major), ``label``
     (B,), ``mask`` (B,) — the last batch is padded with masked copies so that no video is
-    dropped or counted twice — and ``bad`` (B,), true for a bad record (masked, counted).
+    dropped or counted twice — and ``bad`` (B,) int32, the bad records an example stands
+    for (1 for a bad record, masked; the last example of the pass also carries those that
+    never arrived), so that good + bad = this host's records.
     ``num_batches`` (from :func:`sources.eval_batches`) pads every host to the same number
     of batches, so that hosts of a multi-host eval stay in step.
     """
+    if process_index is None or process_count is None:
+        import jax
+        process_index, process_count = jax.process_index(), jax.process_count()
     ds = _checked_clips(sources.clips(source, process_index, process_count), num_classes,
                         on_bad_record)
     num_views = num_clips * num_crops
@@ -211,19 +249,20 @@ def eval_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int,
 
         video = tf.cond(valid, good, lambda: tf.zeros(shape, tf.float32))
         return {"video": tf.cast(video, dtype), "label": tf.cast(clip["label"], tf.int32),
-                "mask": valid, "bad": ~valid}
+                "mask": valid, "bad": tf.cast(~valid, tf.int32)}
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     if on_bad_record == "skip":
-        ds = ds.ignore_errors(log_warning=True)
+        records = sources.host_record_counts(source, process_count)[process_index]
+        ds = _with_missing_count(ds.ignore_errors(log_warning=True), records)
     return _pad_batches(ds, batch_size, num_batches).prefetch(AUTOTUNE)
 
 
 def evaluation_views(num_frames: tf.Tensor, frames_at: Callable[[tf.Tensor], tf.Tensor], *,
-               clip_frames: int, crop_size: int, num_clips: int, num_crops: int,
-               dense_stride: int | None = None,
-               mean: Sequence[float] = transforms.UNIFORMERV2_MEAN,
-               std: Sequence[float] = transforms.UNIFORMERV2_STD) -> tf.Tensor:
+                     clip_frames: int, crop_size: int, num_clips: int, num_crops: int,
+                     dense_stride: int | None = None,
+                     mean: Sequence[float] = transforms.UNIFORMERV2_MEAN,
+                     std: Sequence[float] = transforms.UNIFORMERV2_STD) -> tf.Tensor:
     """The official test views of one video: (clips x crops, T, S, S, 3), clip-major.
 
     ``frames_at(indices)`` returns those frames as (T, H, W, 3) uint8 (decoding only them).
@@ -250,4 +289,4 @@ def _pad_batches(ds: tf.data.Dataset, batch_size: int, num_batches: int | None) 
         return ds.concatenate(padding.repeat()).batch(batch_size).take(num_batches)
     batched = ds.concatenate(padding.repeat(batch_size - 1)).batch(batch_size, drop_remainder=True)
     # Padding-only batches (when the real count is a multiple of B) are dropped.
-    return batched.filter(lambda b: tf.reduce_any(b["mask"] | b["bad"]))
+    return batched.filter(lambda b: tf.reduce_any(b["mask"] | (b["bad"] > 0)))

@@ -69,6 +69,14 @@ def _first(sparse: tf.sparse.SparseTensor, default):
     return tf.cond(tf.size(dense) > 0, lambda: dense[0], lambda: tf.constant(default, dense.dtype))
 
 
+def lost_record() -> bytes:
+    """What stands in for a record lost to a shard's framing damage: a clip without frames
+    or label, which every consumer counts as a bad record."""
+    example = tf.train.SequenceExample()
+    example.feature_lists.feature_list.get_or_create(FRAMES)
+    return example.SerializeToString()
+
+
 def parse_clip(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
     """A serialised record -> its fields (graph-mode, for ``tf.data``).
 

@@ -61,20 +61,39 @@ def record_clips(files: Sequence[str], process_index: int, process_count: int,
     for path in files:
         if not tf.io.gfile.exists(path):
             raise FileNotFoundError(f"input file not found: {path}")
+    counts = shard_counts(files)
     files, by_record = host_shard(files, process_index, process_count)
-    names = tf.constant(files)
+    order = tf.range(len(files))
     if order_seed is not None:
-        names = tf.random.experimental.stateless_shuffle(names, order_seed)
-    ds = tf.data.Dataset.from_tensor_slices(names)
+        order = tf.random.experimental.stateless_shuffle(order, order_seed)
+    readable, total = zip(*(counts[f] for f in files))
+    ds = tf.data.Dataset.from_tensor_slices(
+        (tf.gather(files, order), tf.gather(tf.constant(readable, tf.int64), order),
+         tf.gather(tf.constant(total, tf.int64), order)))
     # Object stores answer each request with ~tens of ms of latency: read remote shards in
     # large blocks, several at once; deterministic=True keeps the order (and resume) exact.
     buffer = REMOTE_READ_BUFFER if any(storage.is_remote(f) for f in files) else None
-    ds = ds.interleave(lambda f: tf.data.TFRecordDataset(f, buffer_size=buffer).map(lambda r: (f, r)),
+    ds = ds.interleave(lambda f, r, t: shard_records(f, r, t, buffer),
                        cycle_length=min(len(files), 16), num_parallel_calls=AUTOTUNE,
                        deterministic=True)
     if by_record:
         ds = ds.shard(process_count, process_index)
     return ds
+
+
+def shard_records(path: tf.Tensor, readable: tf.Tensor, total: tf.Tensor,
+                  buffer_size: int | None = None) -> tf.data.Dataset:
+    """(path, serialised record) for each of the ``total`` records of one shard.
+
+    Only the first ``readable`` are read: past a shard's damaged framing (a truncated file,
+    a bad length or checksum) the reader must not go (TF's reader may retry the damaged
+    record forever). Each record lost to the damage comes out as
+    :func:`records.lost_record`, a clip without frames: a bad record, counted downstream
+    like any other (good + bad = all).
+    """
+    read = tf.data.TFRecordDataset(path, buffer_size=buffer_size).take(readable)
+    lost = tf.data.Dataset.from_tensors(tf.constant(records.lost_record())).repeat(total - readable)
+    return read.concatenate(lost).map(lambda r: (path, r))
 
 
 def tfds_clips(source: TFDSSource, process_index: int, process_count: int) -> tf.data.Dataset:
@@ -117,8 +136,16 @@ def clips(source, process_index: int | None = None, process_count: int | None = 
 
 
 def record_counts(files: Sequence[str]) -> dict[str, int]:
-    """Records per shard: from the writer's ``<name>-counts.json``, else by reading them."""
-    counts: dict[str, int] = {}
+    """Records per shard: from the writer's ``<name>-counts.json``, else by reading them
+    (a damaged tail counts as one more record, a bad one)."""
+    return {path: total for path, (_, total) in shard_counts(files).items()}
+
+
+def shard_counts(files: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """(readable, total) records per shard. The writer's ``<name>-counts.json`` is trusted
+    (readable = total); a shard without one is read, up to any framing damage, which is
+    logged with the shard's name and counts as one bad record."""
+    counts: dict[str, tuple[int, int]] = {}
     sidecars: dict[str, dict] = {}  # each sidecar read once, not once per shard
     for path in sorted(files):
         shard = storage.path(path)
@@ -127,29 +154,53 @@ def record_counts(files: Sequence[str]) -> dict[str, int]:
             sidecars[os.fspath(sidecar)] = (json.loads(sidecar.read_text()) if storage.retry(
                 sidecar.exists, f"reading {sidecar}") else {})
         if shard.name in sidecars[os.fspath(sidecar)]:
-            counts[path] = int(sidecars[os.fspath(sidecar)][shard.name])
+            total = int(sidecars[os.fspath(sidecar)][shard.name])
+            counts[path] = (total, total)
             continue
         logging.warning("no record count for %s: reading it to count", path)
-        counts[path] = storage.retry(
-            lambda p=path: int(tf.data.TFRecordDataset(p).reduce(0, lambda n, _: n + 1)),
-            f"counting the records of {path}")
+        counts[path] = storage.retry(lambda p=path: _count_records(p), f"counting the records of {path}")
     return counts
 
 
-def eval_batches(source, batch_size: int, process_count: int) -> int:
-    """Batches every host must run so that all hosts stay in step: the largest share.
+def _count_records(path: str) -> tuple[int, int]:
+    """(readable, total) records of a shard, read up to the first framing damage."""
+    with tf.init_scope():  # eagerly, also when a tf.data function is being traced
+        return _count_eagerly(path)
 
-    Pass it to ``eval_dataset(num_batches=...)`` on every host of a multi-host eval.
-    """
+
+def _count_eagerly(path: str) -> tuple[int, int]:
+    readable, records = 0, iter(tf.data.TFRecordDataset(path))
+    while True:
+        try:
+            next(records)
+        except StopIteration:
+            return readable, readable
+        except tf.errors.DataLossError as e:
+            logging.warning("%s: framing damaged after %d readable records (%s); the damaged tail "
+                            "counts as one bad record", path, readable, str(e).splitlines()[0])
+            return readable, readable + 1
+        readable += 1
+
+
+def host_record_counts(source, process_count: int) -> list[int]:
+    """The records of each host's share (its files, or its records of a shared file or split)."""
     if isinstance(source, TFDSSource):
         import tensorflow_datasets as tfds
         info = tfds.builder(source.name, data_dir=source.data_dir).info
-        shares = [info.splits[s].num_examples for s in tfds.even_splits(source.split, n=process_count)]
-    else:
-        counts = record_counts(source)
-        shares = []
-        for index in range(process_count):
-            files, by_record = host_shard(list(counts), index, process_count)
-            total = sum(counts[f] for f in files)
-            shares.append(len(range(index, total, process_count)) if by_record else total)
-    return max(math.ceil(share / batch_size) for share in shares)
+        return [info.splits[s].num_examples for s in tfds.even_splits(source.split, n=process_count)]
+    counts = record_counts(source)
+    shares = []
+    for index in range(process_count):
+        files, by_record = host_shard(list(counts), index, process_count)
+        total = sum(counts[f] for f in files)
+        shares.append(len(range(index, total, process_count)) if by_record else total)
+    return shares
+
+
+def eval_batches(source, batch_size: int, process_count: int) -> int:
+    """Batches every host must run so that all hosts stay in step: the largest share, plus
+    the masked example that carries the count of records dropped on the way.
+
+    Pass it to ``eval_dataset(num_batches=...)`` on every host of a multi-host eval.
+    """
+    return max(math.ceil((share + 1) / batch_size) for share in host_record_counts(source, process_count))

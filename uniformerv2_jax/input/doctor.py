@@ -1,0 +1,215 @@
+"""The data doctor: reads every record of DMVR shards and says which are bad, and why.
+
+A record is bad for the first of these reasons that applies (one reason per record):
+
+- ``framing``: the shard's TFRecord framing is damaged (a truncated file, a corrupted
+  length or CRC). Nothing after the damage can be read: the readable records before it
+  are checked and the damaged tail counts as ONE bad record of this reason.
+- ``unparsable``: the bytes are not a SequenceExample in DMVR layout (e.g. several
+  frames packed into one feature).
+- ``no_frames``: ``image/encoded`` is empty or absent.
+- ``missing_label``: no ``clip/label/index``, or a negative one.
+- ``label_out_of_range``: a label >= the class count (checked only when one is given).
+- ``undecodable_frame``: frame ``frame`` is not a whole JPEG (FFD8 ... FFD9) or PNG, or
+  ``tf.io.decode_image`` fails on it (truncated data, an undefined Huffman table, ...).
+- ``frame_too_large``: frame ``frame`` declares a side over ``pipeline.MAX_FRAME_SIDE``
+  (the input pipeline skips such records; the frame is not decoded).
+
+The input pipeline skips records of the same kinds (an undecodable frame only when it
+samples that frame). Frame counts, frame sizes and the class histogram are over good records.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import tensorflow as tf
+
+from uniformerv2_jax import storage
+from uniformerv2_jax.input import records
+from uniformerv2_jax.input.pipeline import MAX_FRAME_SIDE
+from uniformerv2_jax.input.sources import REMOTE_READ_BUFFER
+
+REASONS = ("framing", "unparsable", "no_frames", "missing_label", "label_out_of_range",
+           "undecodable_frame", "frame_too_large")
+MAX_EXAMPLES = 10  # bad records listed per shard
+_JPEG, _JPEG_END, _PNG = b"\xff\xd8", b"\xff\xd9", b"\x89PNG\r\n\x1a\n"
+_parse = tf.function(records.parse_clip, input_signature=[tf.TensorSpec((), tf.string)])
+
+
+def list_shards(spec: str) -> list[str]:
+    """Sorted files matching comma-separated globs, local or ``gs://``."""
+    return sorted({f for p in spec.split(",") if p.strip() for f in storage.glob(p.strip())})
+
+
+def _message(error: tf.errors.OpError) -> str:
+    """TF's error text without its op and node decorations (a graph error's last line)."""
+    text = re.sub(r"\{\{.*?\}\}|\[\[.*?\]\]|\[Op:[^\]]*\]|name:\s*$", "", error.message)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else type(error).__name__)[:160]
+
+
+def check_frame(frame: bytes) -> tuple[str | None, str, tuple[int, int] | None]:
+    """``(reason, detail, (height, width))`` of one encoded frame; reason None when good."""
+    if frame.startswith(_JPEG) and frame.endswith(_JPEG_END):
+        try:
+            side = int(max(tf.io.extract_jpeg_shape(frame).numpy()[:2]))
+        except tf.errors.OpError as e:
+            return "undecodable_frame", _message(e), None
+    elif frame.startswith(_PNG) and len(frame) >= 24:  # IHDR: width, height big-endian
+        side = max(int.from_bytes(frame[16:20], "big"), int.from_bytes(frame[20:24], "big"))
+    else:
+        return "undecodable_frame", f"not a whole JPEG or PNG (starts {frame[:4].hex()})", None
+    if side > MAX_FRAME_SIDE:
+        return "frame_too_large", f"declares a side of {side} pixels", None
+    try:
+        shape = tf.io.decode_image(frame, channels=3, expand_animations=False).shape
+    except tf.errors.OpError as e:
+        return "undecodable_frame", _message(e), None
+    return None, "", (int(shape[0]), int(shape[1]))
+
+
+def check_record(serialized: bytes, num_classes: int | None = None) -> dict:
+    """One record's verdict: ``reason`` (None when good), ``filename``, ``label``,
+    ``frame`` and ``detail`` when bad, ``sizes`` (each frame's (height, width)) when good."""
+    try:
+        clip = _parse(serialized)
+    except tf.errors.OpError as e:
+        return {"reason": "unparsable", "filename": "", "detail": _message(e)}
+    frames = clip["frames"].numpy()
+    label = int(clip["label"])
+    verdict = {"reason": None, "filename": clip["filename"].numpy().decode(errors="replace"),
+               "label": label}
+    if not len(frames):
+        return {**verdict, "reason": "no_frames"}
+    if label < 0:
+        return {**verdict, "reason": "missing_label"}
+    if num_classes is not None and label >= num_classes:
+        return {**verdict, "reason": "label_out_of_range", "detail": f"{label} >= {num_classes}"}
+    sizes = []
+    for i, frame in enumerate(frames):
+        reason, detail, size = check_frame(frame)
+        if reason:
+            return {**verdict, "reason": reason, "frame": i, "detail": detail}
+        sizes.append(size)
+    return {**verdict, "sizes": sizes}
+
+
+def check_shard(path: str, num_classes: int | None = None) -> dict:
+    """The counts of one shard, its first bad records, and (under ``_``) its histograms."""
+    shard = {"path": path, "records": 0, "good": 0, "bad": 0, "bad_by_reason": collections.Counter(),
+             "bad_examples": [], "_frames": collections.Counter(), "_heights": collections.Counter(),
+             "_widths": collections.Counter(), "_classes": collections.Counter()}
+
+    def count(verdict: dict) -> None:
+        shard["records"] += 1
+        if verdict["reason"] is None:
+            shard["good"] += 1
+            shard["_frames"][len(verdict["sizes"])] += 1
+            shard["_heights"].update(h for h, _ in verdict["sizes"])
+            shard["_widths"].update(w for _, w in verdict["sizes"])
+            shard["_classes"][verdict["label"]] += 1
+            return
+        shard["bad"] += 1
+        shard["bad_by_reason"][verdict["reason"]] += 1
+        if len(shard["bad_examples"]) < MAX_EXAMPLES:
+            keep = ("filename", "reason", "frame", "detail")
+            shard["bad_examples"].append({"index": shard["records"] - 1,
+                                          **{k: verdict[k] for k in keep if k in verdict}})
+
+    consumed = 0  # bytes of whole records: each is its payload + 16 bytes of framing
+    buffer = REMOTE_READ_BUFFER if storage.is_remote(path) else None
+    try:
+        for serialized in tf.data.TFRecordDataset(path, buffer_size=buffer).as_numpy_iterator():
+            consumed += len(serialized) + 16
+            count(check_record(serialized, num_classes))
+    except tf.errors.DataLossError as e:
+        count({"reason": "framing", "filename": "", "detail": _message(e)})
+    else:  # TF reads a file cut inside a record's 12-byte header as a clean end of file
+        size = tf.io.gfile.stat(path).length
+        if size != consumed:
+            count({"reason": "framing", "filename": "",
+                   "detail": f"{size - consumed} bytes after the last whole record (truncated file)"})
+    shard["bad_by_reason"] = {r: shard["bad_by_reason"][r] for r in REASONS if shard["bad_by_reason"][r]}
+    return shard
+
+
+def _stats(histogram: collections.Counter) -> dict | None:
+    """min, median and max of a histogram (value -> count); None when empty."""
+    if not histogram:
+        return None
+    values, total = sorted(histogram), sum(histogram.values())
+
+    def nth(k: int) -> int:  # the k-th smallest value, from 0
+        for value in values:
+            k -= histogram[value]
+            if k < 0:
+                return value
+
+    low, high = nth((total - 1) // 2), nth(total // 2)
+    return {"min": values[0], "median": low if low == high else (low + high) / 2, "max": values[-1]}
+
+
+def check_records(files: Sequence[str], num_classes: int | None = None, workers: int = 1,
+                  progress: bool = False) -> dict:
+    """The report over ``files``: counts in total and per shard (``shards``), ``frames``
+    per good record and ``frame_size`` (height, width) as min/median/max, and
+    ``class_histogram`` (label -> good records). ``good + bad == records`` everywhere."""
+    from tqdm import tqdm
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # TF ops release the GIL
+        shards = list(tqdm(pool.map(lambda f: check_shard(f, num_classes), files), total=len(files),
+                           unit="shard", desc="checking", disable=not progress))
+    total = {key: collections.Counter() for key in ("bad_by_reason", "_frames", "_heights", "_widths",
+                                                         "_classes")}
+    for shard in shards:
+        for key, counter in total.items():
+            counter.update(shard.pop(key) if key.startswith("_") else shard[key])
+    return {
+        "records": sum(s["records"] for s in shards), "good": sum(s["good"] for s in shards),
+        "bad": sum(s["bad"] for s in shards), "num_classes": num_classes,
+        "bad_by_reason": {r: total["bad_by_reason"][r] for r in REASONS if total["bad_by_reason"][r]},
+        "frames": _stats(total["_frames"]),
+        "frame_size": {"height": _stats(total["_heights"]), "width": _stats(total["_widths"])}
+        if total["_heights"] else None,
+        "class_histogram": {str(k): total["_classes"][k] for k in sorted(total["_classes"])},
+        "shards": shards,
+    }
+
+
+def format_report(report: dict) -> str:
+    """A readable table: one line per shard, the total, the distributions, bad examples."""
+    def row(name: str, s: dict) -> str:
+        reasons = ", ".join(f"{r} {n}" for r, n in s["bad_by_reason"].items())
+        return f"{name:<{width}}  {s['records']:>8} {s['good']:>8} {s['bad']:>6}  {reasons}"
+
+    width = max([len(s["path"]) for s in report["shards"]] + [5])
+    lines = [f"{'shard':<{width}}  {'records':>8} {'good':>8} {'bad':>6}  bad by reason"]
+    lines += [row(s["path"], s) for s in report["shards"]] + [row("total", report)]
+
+    def mmm(stats: dict | None) -> str:
+        return "-" if stats is None else f"{stats['min']} / {stats['median']} / {stats['max']}"
+
+    size = report["frame_size"] or {"height": None, "width": None}
+    lines.append(f"frames per good record (min / median / max): {mmm(report['frames'])}; "
+                 f"height {mmm(size['height'])}; width {mmm(size['width'])}")
+    histogram = report["class_histogram"]
+    if histogram:
+        (few, n_few), (most, n_most) = (min(histogram.items(), key=lambda kv: kv[1]),
+                                        max(histogram.items(), key=lambda kv: kv[1]))
+        known = f" of {report['num_classes']}" if report["num_classes"] else ""
+        lines.append(f"classes: {len(histogram)}{known} with good records; fewest: label {few} "
+                     f"({n_few}), most: label {most} ({n_most})")
+    examples = [(s["path"], e) for s in report["shards"] for e in s["bad_examples"]]
+    if examples:
+        lines.append("bad records (first per shard):")
+    for path, e in examples:
+        frame = f" frame {e['frame']}" if "frame" in e else ""
+        lines.append(f"  {path} #{e['index']} {e['filename'] or '-'}: {e['reason']}{frame}"
+                     f"{'  (' + e['detail'] + ')' if e.get('detail') else ''}")
+    lines.append(f"{report['bad']} of {report['records']} records bad" if report["bad"]
+                 else f"all {report['records']} records good")
+    return "\n".join(lines)
