@@ -110,3 +110,21 @@ def tiny_train_config(records: dict, **overrides):
             target = target[p]
         target[leaf] = value
     return c
+
+
+@pytest.fixture(scope="module")
+def gcs_server():
+    """A GCS emulator (tests/gcs_emulator.py) for one test module, with the clients'
+    variables set in this process; buckets ``test-bucket`` and ``runs``."""
+    from gcs_emulator import GcsEmulator
+
+    with GcsEmulator(buckets=["test-bucket", "runs"]) as emulator, emulator.activated():
+        yield emulator
+
+
+@pytest.fixture
+def gcs(gcs_server):
+    """The module's emulator, without faults or recorded requests from earlier tests."""
+    gcs_server.reset()
+    yield gcs_server
+    gcs_server.reset()

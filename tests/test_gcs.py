@@ -13,10 +13,8 @@ import time
 
 import jax
 import numpy as np
-import pytest
 import tensorflow as tf
 from conftest import ROOT, tiny_train_config
-from gcs_emulator import GcsEmulator
 from test_checkpoint import ABSTRACT, state
 from test_fault_injection import final_params, losses
 
@@ -28,19 +26,6 @@ from uniformerv2_jax.input import synthetic
 BUCKET = "runs"
 TESTS = ROOT / "tests"
 OVERRIDES = {"train_steps": 12, "checkpoint_every": 2, "log_every": 1, "eval_every": 12}
-
-
-@pytest.fixture(scope="module")
-def gcs():
-    with GcsEmulator(buckets=[BUCKET]) as emulator, emulator.activated():
-        yield emulator
-
-
-@pytest.fixture(autouse=True)
-def clean_faults(gcs):
-    gcs.reset()
-    yield
-    gcs.reset()
 
 
 def upload(local_glob: str, prefix: str) -> str:

@@ -9,22 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from etils import epath
-from gcs_emulator import GcsEmulator
 
 ROOT = "gs://test-bucket"
-
-
-@pytest.fixture(scope="module")
-def gcs():
-    with GcsEmulator(buckets=["test-bucket"]) as emulator, emulator.activated():
-        yield emulator
-
-
-@pytest.fixture(autouse=True)
-def clean_faults(gcs):
-    gcs.reset()
-    yield
-    gcs.reset()
 
 
 def test_gfile(gcs):

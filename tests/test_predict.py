@@ -85,3 +85,18 @@ def test_unreadable_videos_and_wrong_class_lists_are_named(converted, tmp_path):
                             num_crops=1)
     with pytest.raises(ValueError, match="lists 7 classes, the model has 3"):
         predict.class_names_for(3, converted[3])
+
+
+def test_probabilities_average_the_official_models_softmax_over_views():
+    """The views of one video are the official fixture's clips: the prediction must be the
+    mean of the softmax of the official logits (computed by the official PyTorch code)."""
+    from uniformerv2_jax import from_official
+
+    fixtures = ROOT / "data" / "fixtures"
+    data = np.load(fixtures / "tiny_a.npz")
+    model, variables = from_official(fixtures / "tiny_a.safetensors", config=fixtures / "tiny_a.json")
+    views = np.transpose(data["input"], (0, 2, 3, 4, 1))  # (views, T, H, W, 3)
+    logits = data["logits_f64"]
+    expected = np.mean(np.exp(logits - logits.max(-1, keepdims=True))
+                       / np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True), axis=0)
+    np.testing.assert_allclose(predict.predict(model, variables, views), expected, atol=2e-6)

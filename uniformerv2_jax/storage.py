@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -36,10 +37,12 @@ COMPLETE_MARKER = "COMPLETE"  # written last into a directory published in piece
 # Message fragments of transient failures, as TensorFlow's file systems, tensorstore and
 # HTTP clients word them (status names, HTTP codes, socket errors).
 TRANSIENT_MARKERS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED",
-                     "503", "502", "504", "429", "Service Unavailable", "Too Many Requests",
+                     "Service Unavailable", "Too Many Requests",
                      "Connection refused", "Connection reset", "connection reset",
                      "Couldn't connect", "Could not connect", "timed out", "Timeout was reached",
                      "Failed to connect", "SSL connect error", "Empty reply from server")
+# HTTP statuses worth a retry, as whole numbers (object names hold hex digests: "f429d").
+TRANSIENT_STATUS = re.compile(r"\b(408|429|500|502|503|504)\b")
 
 
 def path(p: PathLike) -> epath.Path:
@@ -70,7 +73,8 @@ def is_transient(error: BaseException) -> bool:
         return False
     text = f"{type(error).__name__}: {error}"
     cause = error.__cause__ or error.__context__
-    return any(m in text for m in TRANSIENT_MARKERS) or (cause is not None and is_transient(cause))
+    return (any(m in text for m in TRANSIENT_MARKERS) or bool(TRANSIENT_STATUS.search(text))
+            or (cause is not None and is_transient(cause)))
 
 
 def retry(operation: Callable[[], T], what: str, attempts: int = 6, first_delay: float = 1.0,
