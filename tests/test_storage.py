@@ -18,6 +18,8 @@ DAMAGE = [
     FileNotFoundError("gs://runs/ckpt/2/state/manifest.ocdbt"),
     tf.errors.DataLossError(None, None, "truncated record at 232"),
     ValueError("non-finite values in ['w'] of gs://runs/ckpt/3"),
+    ValueError("non-finite values in ['params'] of gs://runs/ckpt/500"),  # a step, not a status
+    RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 4.0GiB"),
 ]
 
 

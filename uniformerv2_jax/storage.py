@@ -36,13 +36,15 @@ T = TypeVar("T")
 COMPLETE_MARKER = "COMPLETE"  # written last into a directory published in pieces
 # Message fragments of transient failures, as TensorFlow's file systems, tensorstore and
 # HTTP clients word them (status names, HTTP codes, socket errors).
-TRANSIENT_MARKERS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "ABORTED",
+TRANSIENT_MARKERS = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED",
                      "Service Unavailable", "Too Many Requests",
                      "Connection refused", "Connection reset", "connection reset",
                      "Couldn't connect", "Could not connect", "timed out", "Timeout was reached",
                      "Failed to connect", "SSL connect error", "Empty reply from server")
-# HTTP statuses worth a retry, as whole numbers (object names hold hex digests: "f429d").
-TRANSIENT_STATUS = re.compile(r"\b(408|429|500|502|503|504)\b")
+# HTTP statuses worth a retry, only where the message says it is a status: paths hold
+# step numbers ("ckpt/500") and hex digests ("f429d").
+TRANSIENT_STATUS = re.compile(r"(?:HTTP|status|code)[^0-9\n]{0,16}\b(408|429|500|502|503|504)\b",
+                              re.IGNORECASE)
 
 
 def path(p: PathLike) -> epath.Path:
@@ -65,9 +67,9 @@ def is_transient(error: BaseException) -> bool:
     """Whether ``error`` says "try again" (network, throttling) rather than "bad data"."""
     import tensorflow as tf
 
+    # Not ResourceExhaustedError: out of memory is not the network (throttling says 429).
     if isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
-                          tf.errors.AbortedError, tf.errors.ResourceExhaustedError,
-                          ConnectionError, TimeoutError)):
+                          tf.errors.AbortedError, ConnectionError, TimeoutError)):
         return True
     if isinstance(error, (FileNotFoundError, tf.errors.NotFoundError, tf.errors.DataLossError)):
         return False

@@ -164,7 +164,9 @@ def write_records(entries: Sequence[VideoEntry], output_dir: str | os.PathLike, 
     def done(job, result):
         failures.extend(result[0])
         counts[storage.path(job[1]).name] = result[1]
-        # After every shard, so that an interrupted run knows what is finished.
+        # After every shard, failures first, so that an interrupted run knows what is
+        # finished (a shard the counts name) and what failed in it.
+        storage.write_atomic(failures_file, json.dumps(failures, indent=1))
         storage.write_atomic(counts_file, json.dumps(dict(sorted(counts.items())), indent=1))
         bar.update(1)
 
