@@ -191,7 +191,7 @@ def check_records() -> None:
 
     if not FLAGS.data:
         raise app.UsageError("check_records needs --data=GLOB[,GLOB...]")
-    files = doctor.list_shards(FLAGS.data)
+    files = storage.glob(FLAGS.data)
     if not files:
         raise app.UsageError(f"--data={FLAGS.data!r}: no file matches")
     num_classes = FLAGS.num_classes

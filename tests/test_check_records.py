@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 from conftest import ROOT, write_synthetic_records
 
+from uniformerv2_jax import storage
 from uniformerv2_jax.input import doctor, records
 
 
@@ -121,7 +122,7 @@ EXPECTED_SHARDS = [  # records, good, bad, bad_by_reason
 
 def test_every_kind_of_damage_is_counted_exactly(damaged):
     pattern, _ = damaged
-    report = doctor.check_records(doctor.list_shards(pattern), num_classes=2)
+    report = doctor.check_records(storage.glob(pattern), num_classes=2)
     got = [(s["path"].rsplit("/", 1)[1][:-9], s["records"], s["good"], s["bad"], s["bad_by_reason"])
            for s in report["shards"]]
     assert got == EXPECTED_SHARDS
@@ -161,7 +162,7 @@ def test_every_kind_of_damage_is_counted_exactly(damaged):
 
 
 def test_without_a_class_count_large_labels_are_good(damaged):
-    report = doctor.check_records(doctor.list_shards(damaged[0]), workers=2)
+    report = doctor.check_records(storage.glob(damaged[0]), workers=2)
     assert (report["records"], report["good"], report["bad"]) == (19, 8, 11)
     assert "label_out_of_range" not in report["bad_by_reason"]
     assert report["class_histogram"] == {"0": 1, "1": 6, "7": 1}

@@ -56,11 +56,15 @@ def is_remote(p: PathLike) -> bool:
     return "://" in os.fspath(p)
 
 
-def glob(pattern: str) -> list[str]:
-    """Sorted matches of a glob whose directories may be remote (``gs://b/k400/train-*``)."""
+def glob(patterns: str) -> list[str]:
+    """Sorted, distinct matches of comma-separated globs, local or remote
+    (``gs://b/k400/train-*,gs://b/k400/extra-*``)."""
     import tensorflow as tf
 
-    return sorted(retry(lambda: tf.io.gfile.glob(pattern), f"listing {pattern}"))
+    found = set()
+    for pattern in filter(None, (p.strip() for p in patterns.split(","))):
+        found.update(retry(lambda p=pattern: tf.io.gfile.glob(p), f"listing {pattern}"))
+    return sorted(found)
 
 
 def is_transient(error: BaseException) -> bool:

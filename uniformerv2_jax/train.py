@@ -84,7 +84,7 @@ def resolve_source(spec: str, field: str, tfds_data_dir: str = "") -> list[str] 
     if spec.startswith("tfds:"):
         name, _, split = spec[5:].partition("/")
         return sources.TFDSSource(name, split or "train", tfds_data_dir or None)
-    files = sorted({f for pattern in spec.split(",") for f in storage.glob(pattern.strip())})
+    files = storage.glob(spec)
     if not files:
         raise FileNotFoundError(f"config.{field}={spec!r}: no file matches this path")
     return files

@@ -40,11 +40,6 @@ _JPEG, _JPEG_END, _PNG = b"\xff\xd8", b"\xff\xd9", b"\x89PNG\r\n\x1a\n"
 _parse = tf.function(records.parse_clip, input_signature=[tf.TensorSpec((), tf.string)])
 
 
-def list_shards(spec: str) -> list[str]:
-    """Sorted files matching comma-separated globs, local or ``gs://``."""
-    return sorted({f for p in spec.split(",") if p.strip() for f in storage.glob(p.strip())})
-
-
 def _message(error: tf.errors.OpError) -> str:
     """TF's error text without its op and node decorations (a graph error's last line)."""
     text = re.sub(r"\{\{.*?\}\}|\[\[.*?\]\]|\[Op:[^\]]*\]|name:\s*$", "", error.message)

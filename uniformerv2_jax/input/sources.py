@@ -8,6 +8,7 @@ share of the data only. Frames stay encoded: the pipeline decodes only the sampl
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -141,6 +142,7 @@ def record_counts(files: Sequence[str]) -> dict[str, int]:
     return {path: total for path, (_, total) in shard_counts(files).items()}
 
 
+@tf.autograph.experimental.do_not_convert  # plain Python file I/O, also inside a tf.data trace
 def shard_counts(files: Sequence[str]) -> dict[str, tuple[int, int]]:
     """(readable, total) records per shard. The writer's ``<name>-counts.json`` is trusted
     (readable = total); a shard without one is read, up to any framing damage, which is
@@ -163,7 +165,21 @@ def shard_counts(files: Sequence[str]) -> dict[str, tuple[int, int]]:
 
 
 def _count_records(path: str) -> tuple[int, int]:
-    """(readable, total) records of a shard, read up to the first framing damage."""
+    """(readable, total) records of a shard, read up to the first framing damage.
+
+    The epoch size, the training stream, the eval stream and the eval plan all ask: the
+    shard is read once per version of the file (its length and modification time).
+    """
+    if storage.is_remote(path):
+        stat = tf.io.gfile.stat(path)
+        return _count_version(path, stat.length, stat.mtime_nsec)
+    stat = os.stat(path)  # nanoseconds: tf.io.gfile's local stat keeps whole seconds only
+    return _count_version(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _count_version(path: str, length: int, mtime_nsec: int) -> tuple[int, int]:
+    del length, mtime_nsec  # the cache key: a rewritten shard is counted again
     with tf.init_scope():  # eagerly, also when a tf.data function is being traced
         return _count_eagerly(path)
 
