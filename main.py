@@ -14,6 +14,17 @@
       learning_curve.png in the workdir.
   python main.py predict --checkpoint=runs/k400 --video=clip.mp4 [--class_names=FILE]
       Top-5 classes of a video; --checkpoint is a training workdir or a converted directory.
+  python main.py features --checkpoint=runs/k400 --videos=DIR|--records=GLOB --out=feats/
+      [--feature=head_input,logits,layer_{i}/cls|query|patches] [--keep_views]
+      [--window_seconds=S --stride_seconds=S] [--num_clips=K --num_crops=1|3] [--video_fps=F]
+      Features of every video of a folder or of DMVR records, whole or in sliding windows,
+      test views averaged (or kept): OUT/features/<video>.npy (.safetensors for several
+      features), OUT/index.jsonl, OUT/failures.json. Resumable; multi-host: --distributed.
+  python main.py export --checkpoint=runs/k400 --out=export/k400 [--dtype=float32|bfloat16]
+      [--formats=jax,savedmodel] [--platforms=cpu,cuda,tpu] [--class_names=FILE]
+      For serving: OUT/model.jax_export (jax.export, weights inside), OUT/saved_model (TF
+      SavedModel, signature serving_default), labels.txt, export.json. Both take uint8 frames
+      (N, T, H, W, 3) and return float32 logits; they run without this package.
 
   python main.py parity
       Converts the shipped official-layout fixture (data/fixtures/tiny_a.*), saves and
@@ -21,12 +32,18 @@
       to the official PyTorch model's.
 
   python main.py convert --from=official --src=k400_b16.pyth --out=ckpt/k400_b16
-      [--model_config=config.yaml|.json] [--model_arg=t_size=16 ...] [--head_map=k400]
+      [--model_config=config.yaml|.json|.py] [--model_arg=t_size=16 ...] [--head_map=k400]
+      (--from=official also recognises MMAction2 checkpoints by their keys)
   python main.py convert --from=clip --src=ViT-B-16.pt --out=ckpt/clip_b16
       [--model_arg=no_lmhra=false --model_arg=temporal_downsample=true ...]
+  python main.py convert --from=mmaction2 --src=mmaction2_k400.pth --out=ckpt/k400_b16
+      [--model_config=mmaction2_config.py] [--keep_head_order]
   python main.py convert --from=converted --src=ckpt/k400_b16 --out=k400_b16.safetensors
+      [--layout=official|mmaction2]
       Writes an orbax checkpoint (a directory) that training starts from, or, when --out
-      ends in .safetensors/.pth, the official state dict (``backbone.`` keys).
+      ends in .safetensors/.pth, the official state dict (``backbone.`` keys) or, with
+      --layout=mmaction2, MMAction2's ({"state_dict": ..., "meta": ...} in a .pth). A
+      400-class MMAction2 head is re-indexed between MMAction2's K400 order and ours.
 
   python main.py write_records --videos=DIR --out=records/ --name=train --num_shards=64
   python main.py write_records --csv=k400_train.csv --video_root=DIR
@@ -58,37 +75,61 @@ from ml_collections import config_flags
 from uniformerv2_jax import storage
 
 ROOT = Path(__file__).resolve().parent
-COMMANDS = ("demo", "train", "eval", "predict", "parity", "convert", "write_records",
-            "make_synthetic", "check_records")
+COMMANDS = ("demo", "train", "eval", "predict", "export", "parity", "convert", "write_records",
+            "make_synthetic", "check_records", "features")
 
 config_flags.DEFINE_config_file("config", None, "train/eval: configs/<exp>.py[:arg].",
                                 lock_config=True)
-flags.DEFINE_string("checkpoint", None, "eval: best|latest|STEP (default best). predict: a "
-                    "training workdir or a converted directory.")
+flags.DEFINE_string("checkpoint", None, "eval: best|latest|STEP (default best). predict, export, "
+                    "features: a training workdir or a converted directory.")
 flags.DEFINE_string("video", None, "predict: the video file.")
-flags.DEFINE_string("class_names", None, "predict: class names, one per line (default: the "
+flags.DEFINE_string("class_names", None, "predict, export: class names, one per line (default: the "
                     "training config's, or the shipped list for the head's class count).")
 flags.DEFINE_integer("top_k", 5, "predict: classes to print.")
-flags.DEFINE_integer("num_clips", None, "predict: test clips (default: the config's, or 4).")
-flags.DEFINE_integer("num_crops", None, "predict: test crops, 1 or 3 (default: the config's, or 3).")
-flags.DEFINE_float("video_fps", None, "predict: decoding frame rate (default: the file's own).")
-flags.DEFINE_bool("distributed", False, "train/eval: call jax.distributed.initialize() "
+flags.DEFINE_integer("num_clips", None, "predict, features: test clips (default: config's, or 4; windows 1).")
+flags.DEFINE_integer("num_crops", None, "predict, features: crops 1|3 (default: config's, or 3; windows 1).")
+flags.DEFINE_float("video_fps", None, "predict, features: decoding frame rate (default: the "
+                   "file's own); features --records: the rate of records that carry none (10).")
+flags.DEFINE_string("records", None, "features: DMVR record shards (comma-separated globs).")
+flags.DEFINE_string("feature", "head_input", "features: comma-separated, of head_input, logits, "
+                    "layer_{i}/cls, layer_{i}/query, layer_{i}/patches.")
+flags.DEFINE_bool("keep_views", False, "features: keep each test view (default: their mean).")
+flags.DEFINE_float("window_seconds", None, "features: sliding window length (default: whole videos).")
+flags.DEFINE_float("stride_seconds", None, "features: window stride (default: --window_seconds).")
+flags.DEFINE_integer("batch_size", None, "features: clips per step, all hosts (default: 8 a device).")
+flags.DEFINE_integer("chunk_size", 64, "features: videos per chunk (the unit of resuming).")
+flags.DEFINE_bool("distributed", False, "train/eval/features: call jax.distributed.initialize() "
                   "(automatic on Cloud TPU and SLURM; else give the three flags below).")
 flags.DEFINE_string("coordinator_address", None, "multi-host: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", None, "multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "multi-host: this process's index.")
 
-flags.DEFINE_enum("from", None, ["official", "clip", "converted"], "convert: source kind.")
+flags.DEFINE_enum("from", None, ["official", "mmaction2", "clip", "converted"],
+                  "convert: source kind.")
 flags.DEFINE_string("src", None, "convert: source weight file or converted directory.")
-flags.DEFINE_string("out", None, "convert: output directory (orbax) or .safetensors/.pth file.")
-flags.DEFINE_string("model_config", None, "convert: official config (.json or SlowFast .yaml).")
+flags.DEFINE_string("out", None, "convert: output directory (orbax) or .safetensors/.pth file. "
+                    "export, features: output directory.")
+flags.DEFINE_string("model_config", None, "convert: model config (.json, SlowFast .yaml or "
+                    "MMAction2 .py).")
 flags.DEFINE_multi_string("model_arg", [], "convert: official constructor argument, NAME=VALUE.")
 flags.DEFINE_string("head_map", None, "convert: re-index the head: k400|k600|k700 (K710 maps), "
                     "first:N, or a JSON list of source rows.")
-flags.DEFINE_bool("overwrite", False, "convert: replace an existing output.")
+flags.DEFINE_bool("overwrite", False, "convert, export: replace an existing output.")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "export: compute dtype (the "
+                  "weights are kept as stored; the logits are float32 either way).")
+flags.DEFINE_string("formats", "jax,savedmodel", "export: comma-separated, of jax (a jax.export "
+                    "artifact) and savedmodel (a TensorFlow SavedModel).")
+flags.DEFINE_string("platforms", "cpu,cuda,tpu", "export: platforms the artifacts are lowered for "
+                    "(they run only on these).")
+flags.DEFINE_enum("layout", "official", ["official", "mmaction2"], "convert: the key layout of a "
+                  ".safetensors/.pth --out (mmaction2: backbone.* + cls_head.fc_cls.*).")
+flags.DEFINE_bool("keep_head_order", False, "convert --from=mmaction2 / --layout=mmaction2: keep "
+                  "a 400-class head's rows as they are (default: re-index K400 between MMAction2's "
+                  "alphabetical order and the UniFormerV2 one).")
 flags.DEFINE_string("workdir", None, "train/eval: the run's directory (checkpoints, metrics, "
                     "plots). demo: default runs/demo. parity: default /tmp/uniformerv2_parity.")
-flags.DEFINE_string("videos", None, "write_records: folder-per-class video tree.")
+flags.DEFINE_string("videos", None, "write_records: folder-per-class video tree. features: a "
+                    "folder of videos (directly in it, or in class subfolders).")
 flags.DEFINE_string("csv", None, "write_records: 'path,label' or Kinetics CSV.")
 flags.DEFINE_string("ssv2_list", None, "write_records: Something-Something list JSON.")
 flags.DEFINE_string("ssv2_labels", None, "write_records: Something-Something labels JSON.")
@@ -119,15 +160,22 @@ def parse_model_args(items: list[str]) -> dict:
 
 
 def convert() -> None:
-    from uniformerv2_jax.convert import from_clip, from_official, to_official, transfer_head
+    from uniformerv2_jax.convert import (from_clip, from_official, to_official, transfer_head,
+                                         write_state_dict)
+    from uniformerv2_jax.convert.mmaction2 import from_mmaction2, write_mmaction2
     from uniformerv2_jax.convert.saved import load_converted, save_converted
 
     kind = FLAGS["from"].value
     if not kind or not FLAGS.src or not FLAGS.out:
         raise app.UsageError("convert needs --from, --src and --out")
+    if FLAGS.layout == "mmaction2" and storage.path(FLAGS.out).suffix not in (".safetensors", ".pth"):
+        raise app.UsageError("--layout=mmaction2 needs --out ending in .pth or .safetensors")
     kwargs = parse_model_args(FLAGS.model_arg)
     if kind == "official":
         model, variables = from_official(FLAGS.src, config=FLAGS.model_config, **kwargs)
+    elif kind == "mmaction2":
+        model, variables = from_mmaction2(FLAGS.src, config=FLAGS.model_config,
+                                          keep_head_order=FLAGS.keep_head_order, **kwargs)
     elif kind == "clip":
         model, variables = from_clip(FLAGS.src, config=FLAGS.model_config, **kwargs)
     else:
@@ -136,8 +184,10 @@ def convert() -> None:
         model, variables = transfer_head(model, variables, FLAGS.head_map)
 
     out = storage.path(FLAGS.out)
-    if out.suffix in (".safetensors", ".pth"):
-        write_official(out, to_official(model, variables))
+    if FLAGS.layout == "mmaction2":
+        write_mmaction2(out, model, variables, FLAGS.keep_head_order, overwrite=FLAGS.overwrite)
+    elif out.suffix in (".safetensors", ".pth"):
+        write_state_dict(out, to_official(model, variables), overwrite=FLAGS.overwrite)
     else:
         save_converted(out, model, variables, overwrite=FLAGS.overwrite)
     print(f"wrote {out} ({model.width}-wide, {model.layers} layers, {model.num_classes} classes)")
@@ -152,6 +202,7 @@ def write_records() -> None:
     if FLAGS.videos:
         names = read_class_names(FLAGS.classes) if FLAGS.classes else None
         entries, names = writer.folder_entries(FLAGS.videos, names)
+        write_class_list(storage.path(FLAGS.out) / "classes.txt", names)
     elif FLAGS.csv:
         if not (FLAGS.video_root and FLAGS.classes):
             raise app.UsageError("--csv needs --video_root and --classes")
@@ -171,16 +222,23 @@ def write_records() -> None:
 
 
 def make_synthetic() -> None:
-    from uniformerv2_jax.input import synthetic, writer
+    from uniformerv2_jax.input import synthetic
 
-    out = storage.path(FLAGS.out or "data/synthetic")
-    for split, count, seed in (("train", FLAGS.videos_per_class, 0), ("val", FLAGS.val_per_class, 1)):
-        videos = synthetic.write_dataset(out / "videos" / split, count, seed=seed)
-        entries, _ = writer.folder_entries(videos, synthetic.CLASSES)
-        report = writer.write_records(entries, out, split, num_shards=4, fps=16, short_side=64,
-                                      workers=FLAGS.workers)
-        print(f"{split}: {report['videos']} videos, {report['failed']} failed -> {out}/{split}-*")
-    storage.write_atomic(out / "classes.txt", "\n".join(synthetic.CLASSES) + "\n")
+    for line in synthetic.write_task(FLAGS.out or "data/synthetic", FLAGS.videos_per_class,
+                                     FLAGS.val_per_class, FLAGS.workers):
+        print(line)
+
+
+def write_class_list(path: storage.epath.Path, names: list[str]) -> None:
+    """The class list of a folder-per-class tree, beside its records (checked if present:
+    the splits of one dataset must share it)."""
+    text = "\n".join(names) + "\n"
+    if path.exists() and path.read_text() != text:
+        raise app.UsageError(f"{path} lists other classes than --videos={FLAGS.videos}; pass "
+                             f"--classes={path} so that the labels agree")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        storage.write_atomic(path, text)
 
 
 def check_records() -> None:
@@ -206,19 +264,6 @@ def check_records() -> None:
         sys.exit(1)
 
 
-def write_official(path, state: dict) -> None:
-    if path.exists() and not FLAGS.overwrite:
-        raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
-    with storage.staging_file(path, suffix=path.suffix) as staging:
-        if path.suffix == ".safetensors":
-            from safetensors.numpy import save_file
-            save_file(state, staging)
-        else:
-            import torch
-            torch.save({"model_state": {k: torch.from_numpy(v) for k, v in state.items()}}, staging)
-        storage.publish(staging, path)
-
-
 def initialize_distributed() -> None:
     import jax
 
@@ -241,13 +286,13 @@ def train_command() -> None:
 
 
 def eval_command() -> None:
-    from uniformerv2_jax import train
+    from uniformerv2_jax import evaluate
 
     if not FLAGS.workdir:
         raise app.UsageError("eval needs --workdir=DIR (a training run)")
     initialize_distributed()
-    config = FLAGS.config or train.load_workdir_config(FLAGS.workdir)
-    results = train.evaluate_workdir(FLAGS.workdir, config, FLAGS.checkpoint or "best")
+    config = FLAGS.config or evaluate.load_workdir_config(FLAGS.workdir)
+    results = evaluate.evaluate_workdir(FLAGS.workdir, config, FLAGS.checkpoint or "best")
     print(f"step {results['step']}: top1 {results['top1']:.4f}  top5 {results['top5']:.4f}  "
           f"mean-class {results['mean_class_accuracy']:.4f} over {results['videos']} videos "
           f"({results['bad_records']} bad records skipped); wrote {FLAGS.workdir}/eval.json, "
@@ -255,96 +300,74 @@ def eval_command() -> None:
 
 
 def predict_command() -> None:
-    from uniformerv2_jax import predict, train
-    from uniformerv2_jax.convert.saved import MODEL_FILE, load_converted
+    from uniformerv2_jax import labels, predict
 
     if not FLAGS.checkpoint or not FLAGS.video:
         raise app.UsageError("predict needs --checkpoint=DIR and --video=FILE")
-    directory = storage.path(FLAGS.checkpoint)
-    if (directory / MODEL_FILE).is_file():
-        model, variables = load_converted(directory)
-        frames, crop, clips, crops, names_file = model.t_size, model.input_resolution, 4, 3, None
-    else:
-        config = train.load_workdir_config(directory)
-        exp, state, _ = train.restore_for_eval(directory, config)
-        model, variables = exp.model, {"params": state.params, "batch_stats": state.batch_stats}
-        d = config.data
-        frames, crop, clips, crops = model.t_size, model.input_resolution, d.test_clips, d.test_crops
-        names_file = d.class_names or None
-    names = predict.class_names_for(model.num_classes, FLAGS.class_names or names_file)
-    views = predict.video_views(FLAGS.video, clip_frames=frames, crop_size=crop,
-                                num_clips=FLAGS.num_clips or clips,
-                                num_crops=FLAGS.num_crops or crops, fps=FLAGS.video_fps)
-    probs = predict.predict(model, variables, views)
+    ckpt = predict.load_checkpoint(FLAGS.checkpoint)
+    model = ckpt.model
+    names = labels.class_names_for(model.num_classes, FLAGS.class_names or ckpt.class_names)
+    views = predict.video_views(FLAGS.video, clip_frames=model.t_size, crop_size=model.input_resolution,
+                                num_clips=FLAGS.num_clips or ckpt.num_clips,
+                                num_crops=FLAGS.num_crops or ckpt.num_crops, fps=FLAGS.video_fps)
+    probs = predict.predict(model, ckpt.variables, views)
     print(predict.format_top_k(FLAGS.video, predict.top_k(probs, names, FLAGS.top_k)))
 
 
+def features_command() -> None:
+    from uniformerv2_jax import predict
+    from uniformerv2_jax.features import Settings, extract  # (the package exports the function)
+    from uniformerv2_jax.input.windows import Sampling
+
+    if not FLAGS.checkpoint or not FLAGS.out or bool(FLAGS.videos) == bool(FLAGS.records):
+        raise app.UsageError("features needs --checkpoint=DIR, --out=DIR and one of --videos=DIR "
+                             "or --records=GLOB")
+    window, stride = FLAGS.window_seconds, FLAGS.stride_seconds
+    initialize_distributed()
+    ckpt = predict.load_checkpoint(FLAGS.checkpoint)
+    m = ckpt.model
+    views = (1, 1) if window else (ckpt.num_clips, ckpt.num_crops)  # windows: one centre view
+    sampling = Sampling(m.t_size, m.input_resolution, FLAGS.num_clips or views[0],
+                        FLAGS.num_crops or views[1], window, stride or window, FLAGS.video_fps)
+    settings = Settings(FLAGS.checkpoint, FLAGS.videos, FLAGS.records, tuple(FLAGS.feature.split(",")),
+                        sampling, FLAGS.keep_views, FLAGS.chunk_size)
+    report = extract(ckpt, settings, FLAGS.out, FLAGS.batch_size, progress=sys.stderr.isatty())
+    if "written" in report:  # process 0
+        print(f"{report['videos']} videos ({report['chunks_kept']} of {report['chunks']} chunks kept "
+              f"from an earlier run): {report['written']} written, {report['failed']} failed "
+              f"(listed in {report['failures_file']}); index {report['index']}")
+
+
+def export_command() -> None:
+    from uniformerv2_jax import export
+
+    if not FLAGS.checkpoint or not FLAGS.out:
+        raise app.UsageError("export needs --checkpoint=DIR (a training workdir or a converted "
+                             "directory) and --out=DIR")
+    out = export.export(FLAGS.checkpoint, FLAGS.out, dtype=FLAGS.dtype, formats=FLAGS.formats,
+                        platforms=FLAGS.platforms, class_names=FLAGS.class_names,
+                        overwrite=FLAGS.overwrite)
+    print(f"wrote {out} ({FLAGS.formats}, {FLAGS.dtype})")
+
+
 def demo() -> None:
-    """Synthetic data, then the temporal model and its order-blind ablation, side by side."""
-    import time
-
     from configs import synthetic as synthetic_config
-    from uniformerv2_jax import train
+    from uniformerv2_jax import demo as demo_lib
 
-    data = ROOT / "data" / "synthetic"
-    if not (data / "classes.txt").is_file():
-        print(f"making the synthetic dataset in {data} ...", flush=True)
-        FLAGS.out = str(data)
-        make_synthetic()
-    workdir = storage.path(FLAGS.workdir or ROOT / "runs" / "demo")
-    rows = []
-    for arg in ("temporal", "order_blind"):
-        config = synthetic_config.get_config(arg)
-        config.data.train, config.data.val = (str(data / "train-*.tfrecord"),
-                                              str(data / "val-*.tfrecord"))
-        config.data.class_names = str(data / "classes.txt")
-        run = workdir / arg
-        if run.exists():
-            run.rmtree()  # the demo always trains from scratch
-        print(f"\n== training {arg} (configs/synthetic.py:{arg}) in {run}", flush=True)
-        start = time.perf_counter()
-        results = train.train(config, run)
-        rows.append((arg, results, time.perf_counter() - start))
-    print("\nSynthetic temporal task (2 classes, chance 50%), validation videos x 6 views:")
-    print(f"{'model':<14}{'top-1':>8}{'mean-class':>12}{'videos':>8}{'train+eval s':>14}")
-    for arg, r, seconds in rows:
-        print(f"{arg:<14}{r['top1']:>8.1%}{r['mean_class_accuracy']:>12.1%}{r['videos']:>8}"
-              f"{seconds:>14.0f}")
-    print(f"plots: {workdir}/*/learning_curve.png, {workdir}/*/confusion_matrix.png")
-    temporal, blind = rows[0][1]["top1"], rows[1][1]["top1"]
+    results = demo_lib.run(synthetic_config.get_config, ROOT / "data" / "synthetic",
+                           storage.path(FLAGS.workdir or ROOT / "runs" / "demo"), FLAGS.workers)
+    temporal, blind = results["temporal"]["top1"], results["order_blind"]["top1"]
     if temporal < 0.95 or blind > 0.65:
         sys.exit(f"demo check failed: temporal {temporal:.1%} (needs >= 95%), "
                  f"order-blind {blind:.1%} (needs <= 65%)")
 
 
 def parity() -> None:
-    import jax
-    import numpy as np
+    from uniformerv2_jax import demo as demo_lib
 
-    from uniformerv2_jax.convert import from_official
-    from uniformerv2_jax.convert.official import param_count
-    from uniformerv2_jax.convert.saved import load_converted, save_converted
-
-    jax.config.update("jax_default_matmul_precision", "highest")
-    fixtures = ROOT / "data" / "fixtures"
-    model, variables = from_official(fixtures / "tiny_a.safetensors", config=fixtures / "tiny_a.json")
-    print(f"converted data/fixtures/tiny_a.safetensors: {param_count(variables):,} parameters")
-    workdir = storage.path(FLAGS.workdir or "/tmp/uniformerv2_parity")
-    saved = save_converted(workdir / "tiny_a", model, variables, overwrite=True)
-    model, variables = load_converted(saved)
-    print(f"saved and reloaded the orbax checkpoint at {saved}")
-
-    data = np.load(fixtures / "tiny_a.npz")
-    video = np.transpose(data["input"], (0, 2, 3, 4, 1))  # (N, C, T, H, W) -> (N, T, H, W, C)
-    logits = np.asarray(jax.jit(model.apply)(variables, video))
-    print(f"\nlogits for {video.shape[0]} clips of shape {video.shape[1:]}:")
-    print("clip  source     " + " ".join(f"{c:>7d}" for c in range(logits.shape[1])))
-    for i in range(logits.shape[0]):
-        print(f"{i:>4}  ours       " + " ".join(f"{v:7.4f}" for v in logits[i]))
-        print(f"{i:>4}  official   " + " ".join(f"{v:7.4f}" for v in data["logits"][i]))
-    err = np.abs(logits - data["logits"]).max()
-    print(f"\nmax |ours - official| = {err:.2e} ({'OK' if err < 1e-5 else 'MISMATCH'}, bound 1e-5)")
-    if err >= 1e-5:
+    error = demo_lib.parity(ROOT / "data" / "fixtures",
+                            storage.path(FLAGS.workdir or "/tmp/uniformerv2_parity"))
+    if error >= demo_lib.PARITY_BOUND:
         sys.exit(1)
 
 
@@ -354,8 +377,10 @@ def main(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:  # orbax logs every step of a save at INFO
         logging.set_verbosity(logging.WARNING)
     {"demo": demo, "train": train_command, "eval": eval_command, "predict": predict_command,
+     "export": export_command,
      "parity": parity, "convert": convert, "write_records": write_records,
-     "make_synthetic": make_synthetic, "check_records": check_records}[argv[1]]()
+     "make_synthetic": make_synthetic, "check_records": check_records,
+     "features": features_command}[argv[1]]()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=64"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
+from uniformerv2_jax import experiment as experiment_lib  # noqa: E402
 from uniformerv2_jax import sharding, train  # noqa: E402
 from uniformerv2_jax.config import Row, experiment  # noqa: E402
 
@@ -38,15 +40,13 @@ def step_memory(row: Row, remat: bool, fsdp: int) -> tuple[float, float]:
     config.model.scan, config.model.remat, config.model.dtype = True, remat, "bfloat16"
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, fsdp, 1
     config.batch_size = fsdp  # one clip per device
-    exp = train.build(config, 1, jax.devices()[:fsdp])
-    batch = {k: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding.batch_sharding(exp.mesh))
-             for k, s in train.batch_spec(config).items()}
+    exp = experiment_lib.build(config, 1, jax.devices()[:fsdp])
+    m, batch_sharding = exp.model, sharding.batch_sharding(exp.mesh)
+    batch = {"video": jax.ShapeDtypeStruct((fsdp, m.t_size, m.input_resolution, m.input_resolution, 3),
+                                           jnp.float32, sharding=batch_sharding),
+             "label": jax.ShapeDtypeStruct((fsdp,), jnp.int32, sharding=batch_sharding)}
     with sharding.activate(exp.mesh, exp.rules):
-        compiled = jax.jit(
-            lambda s, b: train.train_step(s, b, exp.model, exp.tx),
-            in_shardings=(exp.state_shardings, sharding.batch_sharding(exp.mesh)),
-            out_shardings=(exp.state_shardings, sharding.replicated(exp.mesh)),
-            donate_argnums=0).lower(exp.abstract_state, batch).compile()
+        compiled = train.jit_train_step(exp).lower(exp.abstract_state, batch).compile()
     m = compiled.memory_analysis()
     return m.argument_size_in_bytes / GIB, m.temp_size_in_bytes / GIB
 

@@ -1,5 +1,6 @@
 """Shared test set-up: exact float32 matmuls, tiny models, the shared golden fixtures."""
 
+import json
 import os
 from pathlib import Path
 
@@ -20,6 +21,33 @@ FIXTURES = ROOT / "data" / "fixtures"
 def golden() -> Path:
     """The official-code fixtures, shipped in data/fixtures (copies of shared/golden)."""
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def tiny_a_config(tmp_path_factory) -> Path:
+    """tiny_a's constructor arguments as an official JSON config: the fixture generator
+    also records the clip length as ``frames`` (beside ``t_size``), which is no official
+    argument."""
+    args = json.loads((FIXTURES / "tiny_a.json").read_text())
+    args.pop("frames", None)
+    path = tmp_path_factory.mktemp("fixture_config") / "tiny_a.json"
+    path.write_text(json.dumps(args))
+    return path
+
+
+def parse_config_flags(*args: str):
+    """The config main.py would run with for the command-line arguments ``args``
+    (``--config=FILE[:ARG]`` and ``--config.FIELD=VALUE`` overrides)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    argv = ["main.py", *args]
+    values = flags.FlagValues()
+    # The overrides are read from sys_argv (default: sys.argv), not from the parsed list.
+    config_flags.DEFINE_config_file("config", None, flag_values=values, lock_config=True,
+                                    sys_argv=argv)
+    values(argv)
+    return values.config
 
 
 def tiny_fields(**overrides) -> dict:
@@ -97,7 +125,7 @@ def tiny_train_config(records: dict, **overrides):
     c.data.train, c.data.val = records["train"], records["val"]
     c.data.class_names = ""
     c.data.shuffle_buffer = 16
-    c.data.test_clips, c.data.test_crops = 2, 3
+    c.data.num_clips, c.data.num_crops = 2, 3
     c.batch_size = c.eval_batch_size = 8
     c.train_steps = 6
     c.optim.warmup_epochs = 0.0

@@ -18,16 +18,14 @@ def fixed_steps(config, process_id: int, num_processes: int) -> dict:
     import jax
     import numpy as np
 
-    from uniformerv2_jax import sharding, train
+    from uniformerv2_jax import experiment, sharding, train
 
-    exp = train.build(config, 64)
+    exp = experiment.build(config, 64)
     state = train.initial_state(exp)
     rows = slice(process_id * 8 // num_processes, (process_id + 1) * 8 // num_processes)
     losses = []
     with sharding.activate(exp.mesh, exp.rules):
-        step = jax.jit(lambda s, b: train.train_step(s, b, exp.model, exp.tx),
-                       in_shardings=(exp.state_shardings, sharding.batch_sharding(exp.mesh)),
-                       out_shardings=(exp.state_shardings, sharding.replicated(exp.mesh)))
+        step = train.jit_train_step(exp)
         for i in range(3):
             rng = np.random.default_rng(i)
             video = rng.standard_normal((8, 4, 32, 32, 3)).astype(np.float32)

@@ -104,3 +104,16 @@ def test_a_save_that_cannot_be_written_stops_clearly_and_keeps_the_earlier_steps
     assert step == 1
     np.testing.assert_array_equal(restored["w"], np.full((64, 64), 1.0))
     checkpoints.close()
+
+
+def test_the_metrics_warning_filter_lives_as_long_as_the_checkpoints(tmp_path):
+    """Importing the module changes no logging; a Checkpoints quiets orbax until closed."""
+    absl = logging.getLogger("absl")
+    before = list(absl.filters)
+    checkpoints = Checkpoints(tmp_path / "ckpt", keep=2)
+    assert len(absl.filters) == len(before) + 1
+    record = absl.makeRecord("absl", logging.WARNING, __file__, 0, "Step 1 did not provide metrics",
+                             (), None)
+    assert not absl.filter(record)
+    checkpoints.close()
+    assert absl.filters == before and absl.filter(record)

@@ -10,6 +10,7 @@ from safetensors.numpy import save_file
 from uniformerv2_jax import from_clip
 from uniformerv2_jax.convert import CheckpointMismatchError, read_state_dict
 from uniformerv2_jax.convert.clip import resize_positional_embedding
+from uniformerv2_jax.model import per_layer_intermediates
 
 CLIP_FILES = ["clip_tiny.safetensors", "clip_tiny_state_dict.pt", "clip_tiny_torchscript.pt",
               "clip_tiny_visual_extracted.pth"]
@@ -19,11 +20,8 @@ def run(model, variables, video):
     """(logits, per-frame final class tokens (N, T, C), head input (N, C))."""
     apply = jax.jit(model.apply, static_argnames="mutable")
     logits, state = apply(variables, video, mutable=("intermediates",))
-    inter = state["intermediates"]
-    if model.scan:  # the last run's stacked outputs
-        last = inter[f"layers_{model.return_list[0]}_{model.layers}"]["block_out"][0][-1]
-    else:
-        last = inter[f"layer_{model.layers - 1}"]["block_out"][0]
+    inter = per_layer_intermediates(model, state["intermediates"])
+    last = inter[f"layer_{model.layers - 1}"]["block_out"][0]
     return logits, np.asarray(last[:, :, 0]), np.asarray(inter["head_input"][0])
 
 

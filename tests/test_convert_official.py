@@ -15,17 +15,14 @@ from safetensors.numpy import save_file
 
 from uniformerv2_jax import UniFormerV2, from_official, to_official, transfer_head
 from uniformerv2_jax.convert import CheckpointMismatchError, WeightFileError, read_state_dict
+from uniformerv2_jax.convert.io import write_state_dict
 from uniformerv2_jax.convert.mapping import stack_layers
 from uniformerv2_jax.convert.saved import load_converted, save_converted
-from uniformerv2_jax.presets import official_kwargs, read_official_config
+from uniformerv2_jax.presets import abstract_variables, official_kwargs, read_official_config
 
 
 def random_variables(model: UniFormerV2, seed: int = 3) -> dict:
-    import flax.linen as nn
-    frames = np.zeros((1, model.t_size, model.input_resolution, model.input_resolution, 3))
-    loop = model.clone(scan=False)
-    variables = nn.unbox(randomize(jax.eval_shape(loop.init, jax.random.key(0), frames), seed))
-    variables = jax.tree.map(np.asarray, variables)
+    variables = jax.tree.map(np.asarray, randomize(abstract_variables(model), seed))
     return stack_layers(model, variables) if model.scan else variables
 
 
@@ -52,14 +49,36 @@ def test_to_official_then_from_official_is_bit_exact(tmp_path, fields):
     assert_trees_equal(back, variables)
 
 
-def test_official_layout_loads_into_pytorch_shaped_keys(golden):
+def test_official_layout_loads_into_pytorch_shaped_keys(golden, tiny_a_config):
     """to_official reproduces the official checkpoint: same keys, shapes and values."""
     original = read_state_dict(golden / "tiny_a.safetensors")
-    model, variables = from_official(golden / "tiny_a.pyth", config=golden / "tiny_a.json")
+    model, variables = from_official(golden / "tiny_a.pyth", config=tiny_a_config)
     exported = to_official(model, variables)
     assert sorted(exported) == sorted(original)
     for key, value in original.items():
         np.testing.assert_array_equal(exported[key], value, err_msg=key)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_written_state_dicts_read_back_bit_exact(tmp_path, golden, tiny_a_config, suffix):
+    """write_state_dict -> read_state_dict, in both formats (.pth as the released checkpoints:
+    torch.save of {"model_state": ...}); an existing file is replaced only when asked."""
+    model, variables = from_official(golden / "tiny_a.safetensors", config=tiny_a_config)
+    state = to_official(model, variables)
+    path = tmp_path / "out" / f"model{suffix}"
+    write_state_dict(path, state)
+    back = read_state_dict(path)
+    assert sorted(back) == sorted(state)
+    for key, value in state.items():
+        assert back[key].dtype == value.dtype and back[key].shape == value.shape, key
+        np.testing.assert_array_equal(back[key], value, err_msg=key)
+    if suffix == ".pth":
+        assert list(torch.load(path, weights_only=True)) == ["model_state"]
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_state_dict(path, state)
+    write_state_dict(path, {"only": np.zeros(2, np.float32)}, overwrite=True)
+    assert list(read_state_dict(path)) == ["only"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no staging file left
 
 
 def test_wrapped_and_prefixed_checkpoints_load(tmp_path, golden):
@@ -76,14 +95,14 @@ def test_wrapped_and_prefixed_checkpoints_load(tmp_path, golden):
         np.testing.assert_allclose(jax.jit(model.apply)(variables, video), data["logits"], atol=1e-5)
 
 
-def test_mismatches_list_every_offending_key(tmp_path, golden):
+def test_mismatches_list_every_offending_key(tmp_path, golden, tiny_a_config):
     state = read_state_dict(golden / "tiny_a.safetensors")
     del state["backbone.transformer.dec.1.ln_3.bias"]
     state["backbone.transformer.extra_token"] = np.zeros(4, np.float32)
     state["backbone.transformer.resblocks.2.mlp.c_fc.weight"] = np.zeros((8, 64), np.float32)
     save_file(state, str(tmp_path / "bad.safetensors"))
     with pytest.raises(CheckpointMismatchError) as err:
-        from_official(tmp_path / "bad.safetensors", config=golden / "tiny_a.json")
+        from_official(tmp_path / "bad.safetensors", config=tiny_a_config)
     e = err.value
     assert e.missing == ["transformer.dec.1.ln_3.bias"]
     assert e.unexpected == ["transformer.extra_token"]
@@ -91,7 +110,7 @@ def test_mismatches_list_every_offending_key(tmp_path, golden):
     assert "bad.safetensors" in str(e)
     # A configuration that contradicts the checkpoint is reported the same way.
     with pytest.raises(CheckpointMismatchError, match="proj.2.weight: expected \\(7, 64\\)"):
-        from_official(golden / "tiny_a.safetensors", config=golden / "tiny_a.json", num_classes=7)
+        from_official(golden / "tiny_a.safetensors", config=tiny_a_config, num_classes=7)
 
 
 def test_unknown_and_disguised_files_get_clear_errors(tmp_path, golden):
@@ -175,8 +194,8 @@ UNIFORMERV2:
     assert read_official_config(golden / "tiny_a_layers.json")["heads"] == 4
 
 
-def test_k710_head_becomes_a_k400_head_by_label_map(golden):
-    model, variables = from_official(golden / "tiny_a.safetensors", config=golden / "tiny_a.json",
+def test_k710_head_becomes_a_k400_head_by_label_map(golden, tiny_a_config):
+    model, variables = from_official(golden / "tiny_a.safetensors", config=tiny_a_config,
                                      num_classes=10)
     head = variables["params"]["head"]
     new_model, new = transfer_head(model, variables, [3, 0, 7])
@@ -200,8 +219,8 @@ def test_k710_head_becomes_a_k400_head_by_label_map(golden):
     assert m_first.num_classes == 400
 
 
-def test_converted_checkpoint_saves_and_restores(tmp_path, golden):
-    model, variables = from_official(golden / "tiny_a.safetensors", config=golden / "tiny_a.json")
+def test_converted_checkpoint_saves_and_restores(tmp_path, golden, tiny_a_config):
+    model, variables = from_official(golden / "tiny_a.safetensors", config=tiny_a_config)
     target = save_converted(tmp_path / "ckpt", model, variables)
     with pytest.raises(FileExistsError, match="overwrite"):
         save_converted(tmp_path / "ckpt", model, variables)
@@ -212,13 +231,13 @@ def test_converted_checkpoint_saves_and_restores(tmp_path, golden):
         load_converted(tmp_path)
 
 
-def test_convert_command_line_round_trip(tmp_path, golden):
+def test_convert_command_line_round_trip(tmp_path, golden, tiny_a_config):
     def main(*args):
         return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT,
                               capture_output=True, text=True, timeout=600)
 
     out = main("convert", "--from=official", f"--src={golden / 'tiny_a.pyth'}",
-               f"--model_config={golden / 'tiny_a.json'}", "--model_arg=scan=true",
+               f"--model_config={tiny_a_config}", "--model_arg=scan=true",
                f"--out={tmp_path / 'ckpt'}")
     assert out.returncode == 0, out.stderr
     model, _ = load_converted(tmp_path / "ckpt")

@@ -51,11 +51,11 @@ def losses(workdir):
 def final_params(workdir):
     import jax
 
-    from uniformerv2_jax import train
+    from uniformerv2_jax import evaluate
 
-    config = train.load_workdir_config(workdir)
+    config = evaluate.load_workdir_config(workdir)
     config.mesh.data = -1
-    _, state, step = train.restore_for_eval(workdir, config, "latest")
+    _, state, step = evaluate.restore(workdir, config, "latest")
     return step, [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
 
 

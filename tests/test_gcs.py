@@ -18,7 +18,7 @@ from conftest import ROOT, tiny_train_config
 from test_checkpoint import ABSTRACT, state
 from test_fault_injection import final_params, losses
 
-from uniformerv2_jax import storage, train
+from uniformerv2_jax import experiment, storage, train
 from uniformerv2_jax.checkpoint import Checkpoints
 from uniformerv2_jax.convert.saved import save_converted
 from uniformerv2_jax.input import synthetic
@@ -59,10 +59,10 @@ def logged_steps(gcs, name: str) -> int:
 
 
 def test_a_run_entirely_on_gcs_equals_the_local_run_and_every_command_works(
-        gcs, synthetic_records, tmp_path):
+        gcs, synthetic_records, tmp_path, tiny_a_config):
     # Starting weights: a converted checkpoint, written straight to the bucket.
     config = tiny_train_config(synthetic_records, **OVERRIDES)
-    exp = train.build(config, 16)
+    exp = experiment.build(config, 16)
     initial = jax.device_get(train.initial_state(exp))
     variables = {"params": initial.params, "batch_stats": initial.batch_stats}
     save_converted(tmp_path / "init", exp.model, variables)
@@ -131,7 +131,7 @@ def test_a_run_entirely_on_gcs_equals_the_local_run_and_every_command_works(
 
     # convert: an official checkpoint in the bucket to a converted one in the bucket.
     source = upload(str(ROOT / "data/fixtures/tiny_a.safetensors"), "official")
-    spec = upload(str(ROOT / "data/fixtures/tiny_a.json"), "official")
+    spec = upload(str(tiny_a_config), "official")
     main_py(gcs, "convert", "--from=official", f"--src={source}", f"--model_config={spec}",
             f"--out=gs://{BUCKET}/converted/tiny_a", cwd=cwd)
     from uniformerv2_jax.convert.saved import load_converted

@@ -1,5 +1,7 @@
 """The Flax model: sizes, implementation switches, train/eval behaviour, validation."""
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,8 @@ from conftest import random_video, randomize, tiny_fields
 
 from uniformerv2_jax import UniFormerV2, create_model
 from uniformerv2_jax.convert.mapping import stack_layers
-from uniformerv2_jax.model import layer_runs
+from uniformerv2_jax.model import layer_runs, per_layer_intermediates
+from uniformerv2_jax.presets import model_fields, model_from_fields
 
 
 def param_count(model: UniFormerV2, frames: int = 8) -> int:
@@ -81,6 +84,24 @@ def test_scan_and_remat_give_the_numbers_of_the_plain_loop(tiny, tiny_reference,
         expected_grads = stack_layers(model, {"params": expected_grads})["params"]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
                  grads, expected_grads)
+
+
+def test_intermediates_have_the_same_names_and_values_with_and_without_scan(tiny):
+    model, variables, video = tiny
+
+    def apply(m, v):
+        _, state = jax.jit(m.apply, static_argnames="mutable")(v, video, mutable=("intermediates",))
+        return state["intermediates"]
+
+    loop = per_layer_intermediates(model, apply(model, variables))
+    scanned = model.clone(scan=True)
+    raw = apply(scanned, stack_layers(model, variables))
+    assert "layers_1_3" in raw and "layer_1" not in raw  # nn.scan's own layout
+    scan = per_layer_intermediates(scanned, raw)
+    assert set(loop) == {"embed", "head_input", *(f"layer_{i}" for i in range(model.layers))}
+    assert loop["layer_1"]["query"][0].shape == (2, 1, model.n_dim)
+    assert jax.tree.structure(scan) == jax.tree.structure(loop)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), scan, loop)
 
 
 def test_jit_matches_eager_and_gradients_are_finite(tiny, tiny_reference):
@@ -198,6 +219,16 @@ def test_unknown_fields_and_variants_are_rejected():
         create_model("B/16", no_lmhr=True)
     with pytest.raises(ValueError, match="unknown variant"):
         create_model("B/32")
+
+
+def test_model_fields_survive_json_and_name_a_bad_dtype():
+    model = create_model("B/16", dtype="bfloat16", mlp_dropout=(0.5, 0.4, 0.3, 0.2), scan=True)
+    assert model.dtype == jnp.bfloat16
+    fields = json.loads(json.dumps(model_fields(model)))
+    assert fields["dtype"] == "bfloat16" and fields["return_list"] == [8, 9, 10, 11]
+    assert model_from_fields(fields) == model
+    with pytest.raises(ValueError, match="dtype"):
+        model_from_fields({**fields, "dtype": "float64"})
 
 
 def test_wrong_input_size_names_the_resolution(tiny):

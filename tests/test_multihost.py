@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from uniformerv2_jax import train
+from uniformerv2_jax import evaluate
 from uniformerv2_jax.input import sources
 
 WORKER = ROOT / "tests" / "multihost_worker.py"
@@ -62,14 +62,14 @@ def test_two_processes_train_checkpoint_resume_and_evaluate_every_video_once(syn
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 6, 8]
 
     # The two hosts' files are disjoint and cover the set ...
-    files = sources.record_counts(train.resolve_source(synthetic_records["val"], "data.val"))
+    files = sources.record_counts(sources.resolve(synthetic_records["val"], "data.val"))
     shares = [set(sources.host_shard(list(files), i, 2)[0]) for i in range(2)]
     assert not shares[0] & shares[1] and shares[0] | shares[1] == set(files)
     # ... and their evaluation is exactly one process's evaluation of the same checkpoint.
     two = json.loads((workdir / "eval.json").read_text())
     alone = tmp_path / "alone"
     shutil.copytree(workdir, alone)
-    train.evaluate_workdir(alone, train.load_workdir_config(alone), "latest")
+    evaluate.evaluate_workdir(alone, evaluate.load_workdir_config(alone), "latest")
     one = json.loads((alone / "eval.json").read_text())
     assert one["step"] == 8 and (one["videos"], one["bad_records"]) == (10, 0)
     assert (one["confusion"], one["top1"], one["top5"]) == (two["confusion"], two["top1"], two["top5"])

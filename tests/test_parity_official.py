@@ -15,9 +15,9 @@ def to_channels_last(video_ncthw: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("filename", ["tiny_a.pyth", "tiny_a.safetensors"])
 @pytest.mark.parametrize("scan", [False, True])
-def test_converted_tiny_a_reproduces_the_official_logits(golden, filename, scan):
+def test_converted_tiny_a_reproduces_the_official_logits(golden, tiny_a_config, filename, scan):
     data = np.load(golden / "tiny_a.npz")
-    model, variables = from_official(golden / filename, config=golden / "tiny_a.json", scan=scan)
+    model, variables = from_official(golden / filename, config=tiny_a_config, scan=scan)
     logits = jax.jit(model.apply)(variables, to_channels_last(data["input"]))
     np.testing.assert_allclose(logits, data["logits"], rtol=0, atol=1e-5)
     np.testing.assert_allclose(logits, data["logits_f64"], rtol=0, atol=1e-5)

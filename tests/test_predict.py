@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, tiny_fields
 
-from uniformerv2_jax import predict
+from uniformerv2_jax import labels, predict
 from uniformerv2_jax.convert.saved import save_converted
 from uniformerv2_jax.input import synthetic
 from uniformerv2_jax.model import UniFormerV2
@@ -84,17 +84,17 @@ def test_unreadable_videos_and_wrong_class_lists_are_named(converted, tmp_path):
         predict.video_views(tmp_path / "missing.mp4", clip_frames=4, crop_size=32, num_clips=1,
                             num_crops=1)
     with pytest.raises(ValueError, match="lists 7 classes, the model has 3"):
-        predict.class_names_for(3, converted[3])
+        labels.class_names_for(3, converted[3])
 
 
-def test_probabilities_average_the_official_models_softmax_over_views():
+def test_probabilities_average_the_official_models_softmax_over_views(tiny_a_config):
     """The views of one video are the official fixture's clips: the prediction must be the
     mean of the softmax of the official logits (computed by the official PyTorch code)."""
     from uniformerv2_jax import from_official
 
     fixtures = ROOT / "data" / "fixtures"
     data = np.load(fixtures / "tiny_a.npz")
-    model, variables = from_official(fixtures / "tiny_a.safetensors", config=fixtures / "tiny_a.json")
+    model, variables = from_official(fixtures / "tiny_a.safetensors", config=tiny_a_config)
     views = np.transpose(data["input"], (0, 2, 3, 4, 1))  # (views, T, H, W, 3)
     logits = data["logits_f64"]
     expected = np.mean(np.exp(logits - logits.max(-1, keepdims=True))

@@ -7,7 +7,7 @@ import optax
 import pytest
 from conftest import tiny_fields, tiny_train_config
 
-from uniformerv2_jax import sharding, train
+from uniformerv2_jax import experiment, sharding, train
 from uniformerv2_jax.checkpoint import Checkpoints
 from uniformerv2_jax.config import model_config
 
@@ -34,13 +34,10 @@ def fixed_batch(seed=0):
 
 
 def one_step(config, devices=None):
-    exp = train.build(config, 64, devices)
+    exp = experiment.build(config, 64, devices)
     state = train.initial_state(exp)
     with sharding.activate(exp.mesh, exp.rules):
-        step = jax.jit(lambda s, b: train.train_step(s, b, exp.model, exp.tx),
-                       in_shardings=(exp.state_shardings, sharding.batch_sharding(exp.mesh)),
-                       out_shardings=(exp.state_shardings, sharding.replicated(exp.mesh)))
-        new_state, metrics = step(state, sharding.global_batch(fixed_batch(), exp.mesh))
+        new_state, metrics = train.jit_train_step(exp)(state, sharding.global_batch(fixed_batch(), exp.mesh))
     return exp, new_state, metrics
 
 
@@ -76,7 +73,7 @@ def test_a_checkpoint_saved_on_one_mesh_restores_on_another(synthetic_records, t
     checkpoints.save(1, state, {"data": [[0, 8, 0]]})
     checkpoints.wait()
     for mesh in ((8, 1, 1), (1, 1, 8)):
-        target = train.build(config_for(mesh, synthetic_records), 64)
+        target = experiment.build(config_for(mesh, synthetic_records), 64)
         step, restored, meta = checkpoints.restore(target.abstract_state)
         assert step == 1 and meta["data"] == [[0, 8, 0]]
         for a, b, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state),

@@ -10,7 +10,8 @@ from conftest import random_video, tiny_fields
 
 from uniformerv2_jax import UniFormerV2
 from uniformerv2_jax.optim import make_optimizer
-from uniformerv2_jax.train_step import create_train_state, cross_entropy, eval_step, topk_correct, train_step
+from uniformerv2_jax.train_step import (create_train_state, cross_entropy, topk_correct, train_step,
+                                       video_probabilities)
 
 
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
@@ -48,12 +49,10 @@ def test_loss_and_accuracy_against_hand_computed_values():
     assert topk_correct(logits, labels, 2).tolist() == [1.0, 1.0]
 
 
-def test_eval_step_averages_softmax_over_views():
+def test_video_probabilities_average_softmax_over_views():
     model = UniFormerV2(**tiny_fields())
     views = random_video(model, batch=6).reshape(2, 3, 4, 32, 32, 3)
     variables = jax.jit(model.init)(jax.random.key(0), views[0])
-    state = create_train_state(model, make_optimizer(model, optax.constant_schedule(1e-3)),
-                               variables, jax.random.key(0))
-    probs = jax.jit(functools.partial(eval_step, model=model))(state, {"video": views})
+    probs = jax.jit(functools.partial(video_probabilities, model))(variables, views)
     per_view = jax.nn.softmax(jax.jit(model.apply)(variables, views.reshape(6, 4, 32, 32, 3)))
     np.testing.assert_allclose(probs, per_view.reshape(2, 3, -1).mean(1), atol=1e-6)

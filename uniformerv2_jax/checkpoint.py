@@ -28,13 +28,14 @@ log = logging.getLogger(__name__)
 
 
 class _NoMetricsNoise(logging.Filter):
-    """Orbax warns at every save without metrics; here most saves have none, by design."""
+    """Orbax warns at every save without metrics; here most saves have none, by design.
+
+    Installed on the ``absl`` logger (orbax's) by each :class:`Checkpoints` for its lifetime
+    (asynchronous saves log from other threads), removed by ``close()``.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "did not provide metrics" not in record.getMessage()
-
-
-logging.getLogger("absl").addFilter(_NoMetricsNoise())
 
 
 class CheckpointError(RuntimeError):
@@ -61,6 +62,8 @@ class Checkpoints:
             cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options,
                                              item_names=("state", "meta"))
+        self._quiet = _NoMetricsNoise()
+        logging.getLogger("absl").addFilter(self._quiet)
 
     def save(self, step: int, state: Any, meta: dict, metrics: dict | None = None) -> None:
         """Starts saving ``state`` and ``meta`` as ``step`` (returns before the write ends).
@@ -153,7 +156,10 @@ class Checkpoints:
         self.manager.reload()
 
     def close(self) -> None:
-        self.manager.close()
+        try:
+            self.manager.close()
+        finally:
+            logging.getLogger("absl").removeFilter(self._quiet)
 
 
 def check_finite(state: Any, where: storage.epath.Path) -> None:

@@ -9,20 +9,23 @@ impossible combinations before anything is compiled, naming the field, and
 
 The model's fields are the one source of the clip shape and the class count: the data
 pipelines read ``config.model.t_size`` (input frames), ``input_resolution`` (the crop)
-and ``num_classes``.
+and ``num_classes``. Besides its sources, ``config.data`` holds the pipeline's settings
+under the pipeline functions' own argument names (:func:`pipeline_args` passes them on).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
-import jax.numpy as jnp
 import ml_collections
 
-from uniformerv2_jax import presets, sharding
+from uniformerv2_jax import labels, presets, sharding
+from uniformerv2_jax.model import UniFormerV2
 
 # Logical axis -> mesh axes. Parameters: ``embed`` is sharded over ``fsdp`` (FSDP), the
 # heads and MLP hidden units over ``tensor``. Activations: the batch over ``data`` and
@@ -40,19 +43,10 @@ AXIS_RULES = (
     ("layers", None),
 )
 
-# Per dataset: classes, label file (in data/labels) and the family's model and data recipe.
-DATASETS = {
-    "k400": dict(num_classes=400, labels="kinetics400_uniformerv2_order.txt", family="kinetics"),
-    "k600": dict(num_classes=600, labels="kinetics600.txt", family="kinetics"),
-    "k700": dict(num_classes=700, labels="kinetics700.txt", family="kinetics"),
-    "k710": dict(num_classes=710, labels="kinetics710.txt", family="kinetics"),
-    "mit": dict(num_classes=339, labels="moments_in_time_v1.txt", family="kinetics"),
-    "sthv1": dict(num_classes=174, labels="something_something_v1.txt", family="something"),
-    "sthv2": dict(num_classes=174, labels="something_something_v2.txt", family="something"),
-    # HACS Segments uses the 200 ActivityNet v1.3 classes.
-    "anet": dict(num_classes=200, labels="activitynet.txt", family="untrimmed"),
-    "hacs": dict(num_classes=200, labels="activitynet.txt", family="untrimmed"),
-}
+# Dataset (a key of ``labels.CLASS_LISTS``) -> the family whose model and data recipe it uses.
+FAMILIES = {"k400": "kinetics", "k600": "kinetics", "k700": "kinetics", "k710": "kinetics",
+            "mit": "kinetics", "sthv1": "something", "sthv2": "something",
+            "anet": "untrimmed", "hacs": "untrimmed"}
 
 
 # init_from value for random initialisation; it must be said explicitly.
@@ -82,10 +76,24 @@ class Row:
 
 def model_config(variant: str, **fields) -> ml_collections.ConfigDict:
     """Every field of the UniFormerV2 variant (preset defaults, then ``fields``)."""
-    model = presets.create_model(variant, **fields)
-    values = {name: getattr(model, name) for name in presets.MODEL_FIELDS}
-    values["dtype"] = jnp.dtype(model.dtype).name
-    return ml_collections.ConfigDict(values)
+    values = presets.model_fields(presets.create_model(variant, **fields))
+    # Tuples, not JSON's lists: ml_collections overrides tuples from the command line.
+    return ml_collections.ConfigDict({k: tuple(v) if isinstance(v, list) else v
+                                      for k, v in values.items()})
+
+
+def build_model(c: ml_collections.ConfigDict) -> UniFormerV2:
+    """The model ``config.model`` describes; errors name the field."""
+    try:
+        return presets.model_from_fields(c.model.to_dict())
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"config.model: {e}") from None
+
+
+def pipeline_args(fn: Callable, c: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The fields of ``config.data`` that are arguments of the pipeline function ``fn``."""
+    accepted = inspect.signature(fn).parameters
+    return {k: v for k, v in c.data.to_dict().items() if k in accepted}
 
 
 def official_file(ref: str) -> str:
@@ -128,19 +136,20 @@ def base_config() -> ml_collections.ConfigDict:
         val="",
         tfds_data_dir="",  # with tfds:NAME/SPLIT: where the prepared TFDS data is (gs:// too)
         class_names="",  # one name per line; shown by eval and predict
+        train_examples=0,  # per epoch; 0: counted from the records
+        # The rest are arguments of pipeline.train_dataset / eval_dataset, by their names.
         dense_stride=0,  # 0: sparse (TSN) sampling; else dense with this frame stride
         flip=True,
         area=(0.08, 1.0),
-        randaugment="rand-m7-n4-mstd0.5-inc1",
+        randaugment_spec="rand-m7-n4-mstd0.5-inc1",
         repeated_augment=1,
-        mixup=0.0,
-        cutmix=0.0,
+        mixup_alpha=0.0,
+        cutmix_alpha=0.0,
         label_smoothing=0.0,
         shuffle_buffer=1024,
-        test_clips=4,
-        test_crops=3,
+        num_clips=4,  # test views: clips x crops per video
+        num_crops=3,
         on_bad_record="skip",  # or "raise"
-        train_examples=0,  # per epoch; 0: counted from the records
     ))
     c.batch_size = 256  # global, clips per step
     c.eval_batch_size = 8  # global, videos per eval step (each with clips x crops views)
@@ -153,32 +162,33 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 1000  # steps; also at every eval and at the end
     c.keep = 3  # last checkpoints kept, besides the best by validation top-1
     c.nonfinite = "stop"  # NaN/Inf loss or gradients: "stop", or "skip" the update
+    c.profile_steps = ""  # "N-M": a JAX profiler trace of steps N..M in WORKDIR/profile
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: the rest
     c.axis_rules = AXIS_RULES
     return c
 
 
 def experiment(dataset: str, row: Row) -> ml_collections.ConfigDict:
-    """The full config of one zoo row on ``dataset`` (a key of :data:`DATASETS`)."""
-    spec = DATASETS[dataset]
+    """The full config of one zoo row on ``dataset`` (a key of :data:`FAMILIES`)."""
+    family = FAMILIES[dataset]
     layers = presets.PRESETS[row.variant]["layers"]
-    model = dict(num_classes=spec["num_classes"], t_size=row.frames, frozen=row.frozen)
+    model = dict(num_classes=labels.num_classes(dataset), t_size=row.frames, frozen=row.frozen)
     c = base_config()
-    if spec["family"] == "something":
+    if family == "something":
         # Local MHRA twice per block, temporal downsampling, global blocks on the last
         # 8 (B/16) or 16 (L/14) layers, stochastic depth; no flips (direction is the label).
         n = 8 if layers == 12 else 16
         model.update(no_lmhra=False, double_lmhra=True, temporal_downsample=True,
-                     return_list=tuple(range(layers - n, layers)), backbone_drop_path_rate=0.2,
+                     return_list=presets.last_layers(layers, n), backbone_drop_path_rate=0.2,
                      drop_path_rate=0.4)
         c.data.flip = False
         c.data.repeated_augment = 2
-    elif spec["family"] == "untrimmed":
+    elif family == "untrimmed":
         model.update(backbone_drop_path_rate=0.2, drop_path_rate=0.4)
     c.model = model_config(row.variant, **model)
     c.init_expected = starting_point(row)
-    c.data.class_names = f"data/labels/{spec['labels']}"
-    c.data.test_clips, c.data.test_crops = row.views
+    c.data.class_names = f"data/labels/{labels.CLASS_LISTS[dataset]}"
+    c.data.num_clips, c.data.num_crops = row.views
     c.batch_size = row.batch
     c.head_map = row.head_map
     c.optim.lr, c.optim.epochs, c.optim.warmup_epochs = row.lr, float(row.epochs), float(row.warmup)
@@ -196,10 +206,7 @@ def validate(c: ml_collections.ConfigDict, training: bool = True) -> None:
     from (:func:`validate_init_from`); evaluating or predicting from a trained checkpoint
     does not need that.
     """
-    try:
-        model = presets.model_from_fields(model_fields(c))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"config.model: {e}") from None
+    model = build_model(c)
     if model.t_size < 1:
         _fail("model.t_size", f"{model.t_size}: the clip needs at least one frame")
     d = c.data
@@ -207,11 +214,11 @@ def validate(c: ml_collections.ConfigDict, training: bool = True) -> None:
         _fail("data.on_bad_record", f"{d.on_bad_record!r}: expected 'skip' or 'raise'")
     if not (0 < d.area[0] <= d.area[1] <= 1):
         _fail("data.area", f"{tuple(d.area)}: expected 0 < min <= max <= 1")
-    if d.repeated_augment < 1 or d.test_clips < 1 or d.test_crops not in (1, 3) or d.dense_stride < 0:
-        _fail("data", "repeated_augment and test_clips must be >= 1, test_crops 1 or 3, "
+    if d.repeated_augment < 1 or d.num_clips < 1 or d.num_crops not in (1, 3) or d.dense_stride < 0:
+        _fail("data", "repeated_augment and num_clips must be >= 1, num_crops 1 or 3, "
                       "dense_stride >= 0")
-    if min(d.mixup, d.cutmix, d.label_smoothing) < 0 or d.label_smoothing >= 1:
-        _fail("data", "mixup, cutmix must be >= 0 and label_smoothing in [0, 1)")
+    if min(d.mixup_alpha, d.cutmix_alpha, d.label_smoothing) < 0 or d.label_smoothing >= 1:
+        _fail("data", "mixup_alpha, cutmix_alpha must be >= 0 and label_smoothing in [0, 1)")
     if c.batch_size < 1 or c.eval_batch_size < 1:
         _fail("batch_size", "batch sizes must be positive")
     o = c.optim
@@ -223,6 +230,7 @@ def validate(c: ml_collections.ConfigDict, training: bool = True) -> None:
     for field in ("log_every", "checkpoint_every", "keep"):
         if c[field] < 1:
             _fail(field, "must be positive")
+    profile_window(c)
     if c.init_from not in ("", SCRATCH) and not re.match(r"^(clip|official|converted):.+",
                                                          c.init_from):
         _fail("init_from", f"{c.init_from!r}: expected clip:PATH, official:PATH, converted:DIR "
@@ -232,6 +240,19 @@ def validate(c: ml_collections.ConfigDict, training: bool = True) -> None:
     sizes = [c.mesh[a] for a in ("data", "fsdp", "tensor")]
     if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
         _fail("mesh", f"{dict(c.mesh)}: sizes must be positive, with at most one -1")
+
+
+def profile_window(c: ml_collections.ConfigDict) -> range:
+    """The steps ``config.profile_steps`` ("N-M", 1 <= N <= M, both traced) asks to
+    profile; empty for ""."""
+    text = c.get("profile_steps", "")
+    if not text:
+        return range(0)
+    match = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", str(text))
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        _fail("profile_steps", f"{text!r}: expected \"\" or \"N-M\" with 1 <= N <= M (steps "
+                               "N to M, counted from 1)")
+    return range(int(match[1]), int(match[2]) + 1)
 
 
 def validate_init_from(c: ml_collections.ConfigDict) -> None:
@@ -290,13 +311,3 @@ def check_mesh(c: ml_collections.ConfigDict, model, mesh_sizes: Mapping[str, int
         sharding.check_batch(c.batch_size, mesh_sizes, "config.batch_size")
     if c.data.val or not training:
         sharding.check_batch(c.eval_batch_size, mesh_sizes, "config.eval_batch_size")
-
-
-def model_fields(c: ml_collections.ConfigDict) -> dict:
-    """The model's constructor fields from ``config.model`` (dtype name -> dtype)."""
-    fields = c.model.to_dict()
-    name = fields.get("dtype", "float32")
-    if name not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"config.model.dtype={name!r}: expected float32, bfloat16 or float16")
-    fields["dtype"] = getattr(jnp, name)
-    return fields

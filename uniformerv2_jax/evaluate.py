@@ -1,26 +1,38 @@
-"""Multi-view evaluation: softmax averaged over each video's views, exact over hosts.
+"""Multi-view evaluation of a training state or of a workdir's checkpoint.
 
-Every video counts once: each host reads its own share, all hosts run the same number of
-batches (padding with masked examples), and the counts are summed over the global batch
-by the jitted step itself.
+The softmax is averaged over each video's views (:func:`train_step.video_probabilities`),
+and the counts are exact over hosts: each host reads its own share, all hosts run the
+same number of batches (padding with masked examples), and the jitted step sums the
+counts over the global batch. ``evaluate_workdir`` (``main.py eval``) restores a
+checkpoint and writes eval.json and the plots.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 from typing import Any, Callable, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
+from uniformerv2_jax import config as config_lib
+from uniformerv2_jax import plots, sharding, storage
+from uniformerv2_jax.checkpoint import Checkpoints
+from uniformerv2_jax.experiment import Experiment, build
+from uniformerv2_jax.input import pipeline, sources
+from uniformerv2_jax.labels import read_class_names
 from uniformerv2_jax.model import UniFormerV2
-from uniformerv2_jax.train_step import TrainState, eval_step, topk_correct
+from uniformerv2_jax.train_step import TrainState, topk_correct, video_probabilities
 
 
 def eval_counts(state: TrainState, batch: dict, model: UniFormerV2) -> dict[str, jax.Array]:
     """Counts of one batch: ``confusion`` (C, C) (rows: true class, columns: predicted),
     ``top5`` correct and ``bad`` records, masked examples left out."""
-    probs = eval_step(state, batch, model)
+    probs = video_probabilities(model, state.variables, batch["video"])
     num_classes = probs.shape[-1]
     mask = batch["mask"].astype(jnp.float32)
     truth = jax.nn.one_hot(batch["label"], num_classes) * mask[:, None]
@@ -61,3 +73,96 @@ def summarize(counts: dict[str, np.ndarray], class_names: Sequence[str] | None =
         names = np.asarray(class_names)[present]
         out["per_class_accuracy"] = {str(n): float(a) for n, a in zip(names, per_class)}
     return out
+
+
+def class_names(config: ml_collections.ConfigDict) -> list[str] | None:
+    """The names of ``config.data.class_names``, if it is set."""
+    return read_class_names(config.data.class_names) if config.data.class_names else None
+
+
+def eval_batch_count(exp: Experiment, source) -> int:
+    """Batches every host runs over ``source`` (reads record counts: once per run)."""
+    local = sharding.local_batch_size(exp.config.eval_batch_size, exp.mesh, "config.eval_batch_size")
+    return sources.eval_batches(source, local, jax.process_count())
+
+
+def run_eval(exp: Experiment, state: TrainState, source, class_names: Sequence[str] | None = None,
+             num_batches: int = 0) -> dict[str, Any]:
+    """Multi-view evaluation of ``state`` over ``source``: counts and accuracies.
+
+    ``num_batches``: :func:`eval_batch_count` of ``source``, if already known.
+    """
+    c, m = exp.config, exp.model
+    batches = pipeline.eval_dataset(
+        source, **config_lib.pipeline_args(pipeline.eval_dataset, c),
+        batch_size=sharding.local_batch_size(c.eval_batch_size, exp.mesh, "config.eval_batch_size"),
+        clip_frames=m.t_size, crop_size=m.input_resolution, num_classes=m.num_classes,
+        num_batches=num_batches or eval_batch_count(exp, source))
+    with sharding.activate(exp.mesh, exp.rules):
+        step = jax.jit(functools.partial(eval_counts, model=exp.model),
+                       in_shardings=(exp.state_shardings, sharding.batch_sharding(exp.mesh)),
+                       out_shardings=sharding.replicated(exp.mesh))
+        counts = accumulate(
+            lambda b: step(state, sharding.global_batch(b, exp.mesh)),
+            ({k: b[k] for k in ("video", "label", "mask", "bad")}
+             for b in batches.as_numpy_iterator()))
+    return {**summarize(counts, class_names), "confusion": counts["confusion"]}
+
+
+def read_metrics(workdir: storage.epath.Path) -> list[dict]:
+    """The rows of ``workdir/metrics.jsonl`` (none if it does not exist)."""
+    path = workdir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def write_outputs(workdir: storage.epath.Path, results: dict, class_names: Sequence[str] | None,
+                  history: list[dict]) -> None:
+    """eval.json, the confusion-matrix and learning-curve PNGs (process 0)."""
+    if jax.process_index() != 0:
+        return
+    confusion = results["confusion"]
+    summary = {k: v for k, v in results.items() if k != "confusion"}
+    summary["confusion"] = confusion.tolist()
+    storage.write_atomic(workdir / "eval.json", json.dumps(summary, indent=1))
+    plots.confusion_matrix_png(confusion, class_names, workdir / "confusion_matrix.png")
+    plots.learning_curve_png(history, workdir / "learning_curve.png")
+
+
+def load_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The config a training run saved in its workdir."""
+    path = storage.path(workdir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a training workdir (no config.json)")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def restore(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
+            which: str = "best") -> tuple[Experiment, TrainState, int]:
+    """The experiment and the ``best`` (by validation top-1), ``latest`` or numbered step."""
+    config_lib.validate(config, training=False)
+    exp = build(config)
+    directory = storage.path(workdir) / "checkpoints"
+    checkpoints = Checkpoints(directory, keep=config.keep, asynchronous=False)
+    try:
+        # "best" falls back to the newest when no step has a validation score.
+        step = (checkpoints.best_step() if which == "best" else None if which == "latest"
+                else int(which))
+        restored = checkpoints.restore(exp.abstract_state, step)
+    finally:
+        checkpoints.close()
+    if restored is None:
+        raise FileNotFoundError(f"{directory}: no checkpoint to evaluate")
+    step, state, _ = restored
+    return exp, state, step
+
+
+def evaluate_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
+                     which: str = "best") -> dict[str, Any]:
+    """``main.py eval``: evaluates a checkpoint of ``workdir`` on ``config.data.val``."""
+    source = sources.resolve(config.data.val, "data.val", config.data.tfds_data_dir)
+    exp, state, step = restore(workdir, config, which)
+    names = class_names(config)
+    results = run_eval(exp, state, source, names)
+    write_outputs(storage.path(workdir), {**results, "step": step}, names,
+                  read_metrics(storage.path(workdir)))
+    return {k: v for k, v in results.items() if k != "confusion"} | {"step": step}

@@ -9,8 +9,10 @@ fast path and the accurate one.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import math
+from typing import Any, Callable, Sequence
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -56,6 +58,15 @@ def matmul(x: Array, kernel: Array, dtype: Dtype) -> Array:
         preferred_element_type=jnp.float32,
     )
     return out.reshape(*x.shape[:-1], *kernel.shape[1:])
+
+
+def add_to_patches(x: Array, branch: Callable[[Array], Array]) -> Array:
+    """Adds ``branch(patch tokens as a video)`` to the patch tokens; class tokens untouched.
+
+    x: (N, T, L, C) with L = 1 + g*g; branch maps (N, T, g, g, C) -> (N, T, g, g, C).
+    """
+    video = einops.rearrange(x[:, :, 1:], "n t (h w) c -> n t h w c", h=math.isqrt(x.shape[2] - 1))
+    return x.at[:, :, 1:].add(einops.rearrange(branch(video), "n t h w c -> n t (h w) c"))
 
 
 class Dense(nn.Module):

@@ -12,44 +12,24 @@ Reads like the paper's figure, top to bottom:
 The fields of :class:`UniFormerV2` are the official constructor arguments (same names),
 plus implementation switches (``dtype``, ``scan``, ``remat``). Input is channels-last
 ``(N, T, H, W, 3)``; the backbone stream is kept as ``(N, T, L, C)`` with ``L = 1 + h*w``
-(class token first). Intermediates are sown into the ``intermediates`` collection.
+(class token first). The sown intermediates are listed in :class:`UniFormerV2`.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Sequence
+from typing import Any, NamedTuple, Sequence
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from uniformerv2_jax.layers import (
-    MLP,
-    Attention,
-    BatchNorm,
-    Dense,
-    DepthwiseConv3D,
-    Dtype,
-    drop,
-    drop_path,
-    layer_norm,
-    torch_default_uniform,
-    zeros,
-)
+from uniformerv2_jax.layers import (MLP, Attention, BatchNorm, Dense, DepthwiseConv3D, Dtype,
+                                    add_to_patches, drop, drop_path, layer_norm,
+                                    torch_default_uniform, zeros)
 
 Array = jax.Array
-
-
-def add_to_patches(x: Array, branch: Callable[[Array], Array]) -> Array:
-    """Adds ``branch(patch tokens as a video)`` to the patch tokens; class tokens untouched.
-
-    x: (N, T, L, C) with L = 1 + g*g; branch maps (N, T, g, g, C) -> (N, T, g, g, C).
-    """
-    n, t, length, c = x.shape
-    grid = math.isqrt(length - 1)
-    video = x[:, :, 1:].reshape(n, t, grid, grid, c)
-    return x.at[:, :, 1:].add(branch(video).reshape(n, t, length - 1, c))
 
 
 class LocalMHRA(nn.Module):
@@ -88,21 +68,22 @@ class LocalUniBlock(nn.Module):
 
     def local(self, x: Array, name: str, rate, train: bool) -> Array:
         reduced = int(x.shape[-1] // self.dw_reduction)
-        mhra = LocalMHRA(reduced, self.dtype, name=name)
+        mhra = LocalMHRA(reduced=reduced, dtype=self.dtype, name=name)
         return add_to_patches(x, lambda v: drop_path(self, mhra(v, train), rate, train))
 
     @nn.compact
     def __call__(self, x: Array, drop_path_rate=0.0, train: bool = False) -> Array:
-        n, t, length, c = x.shape
+        n, c = x.shape[0], x.shape[-1]
         x = nn.with_logical_constraint(x, ("batch", "frames", "tokens", "embed"))
         if self.lmhra:
             x = self.local(x, "lmhra1", drop_path_rate, train)
-        y = layer_norm("ln_1")(x).reshape(n * t, length, c)
-        y = Attention(self.num_heads, self.dtype, name="attn")(y).reshape(n, t, length, c)
+        y = einops.rearrange(layer_norm("ln_1")(x), "n t l c -> (n t) l c")
+        y = Attention(num_heads=self.num_heads, dtype=self.dtype, name="attn")(y)
+        y = einops.rearrange(y, "(n t) l c -> n t l c", n=n)
         x = x + drop_path(self, y, drop_path_rate, train)
         if self.lmhra and self.double_lmhra:
             x = self.local(x, "lmhra2", drop_path_rate, train)
-        y = MLP(4 * c, self.dtype, name="mlp")(layer_norm("ln_2")(x))
+        y = MLP(hidden=4 * c, dtype=self.dtype, name="mlp")(layer_norm("ln_2")(x))
         return x + drop_path(self, y, drop_path_rate, train)
 
 
@@ -124,26 +105,35 @@ class GlobalUniBlock(nn.Module):
     @nn.compact
     def __call__(self, query: Array, tokens: Array, drop_path_rate=0.0,
                  mlp_dropout=0.0, train: bool = False) -> Array:
-        n, t, length, c = tokens.shape
+        c = tokens.shape[-1]
         if self.dpe:
             tokens = add_to_patches(tokens, DepthwiseConv3D((3, 3, 3), name="dpe"))
         tokens = nn.with_logical_constraint(
-            tokens.reshape(n, t * length, c), ("batch", "tokens", "embed"))
+            einops.rearrange(tokens, "n t l c -> n (t l) c"), ("batch", "tokens", "embed"))
         # Query-side matmuls see one token per clip: float32 costs nothing there, while
         # bfloat16 would cost a cast of their weights on every call.
-        y = Attention(self.num_heads, self.dtype, zero_init_out=True, query_dtype=jnp.float32,
-                      name="attn")(layer_norm("ln_1")(query), layer_norm("ln_3")(tokens))
+        attn = Attention(num_heads=self.num_heads, dtype=self.dtype, zero_init_out=True,
+                         query_dtype=jnp.float32, name="attn")
+        y = attn(layer_norm("ln_1")(query), layer_norm("ln_3")(tokens))
         query = query + drop_path(self, y, drop_path_rate, train)
-        y = MLP(round(self.mlp_factor * c), jnp.float32, zero_init_out=True, name="mlp")(
+        y = MLP(hidden=round(self.mlp_factor * c), dtype=jnp.float32, zero_init_out=True, name="mlp")(
             layer_norm("ln_2")(query), mlp_dropout, train)
         return query + drop_path(self, y, drop_path_rate, train)
+
+
+class LayerRates(NamedTuple):
+    """One layer's regularisation rates (under ``nn.scan``, each a scalar of the scanned
+    (layers,) array); the official schedules are in :meth:`UniFormerV2.layer_rates`."""
+
+    backbone_drop_path: Any = 0.0  # the LocalUniBlock's drop-path
+    global_drop_path: Any = 0.0  # the GlobalUniBlock's drop-path (0 without one)
+    global_mlp_dropout: Any = 0.0  # dropout inside the GlobalUniBlock's MLP
 
 
 class UniLayer(nn.Module):
     """Backbone layer i, followed by a GlobalUniBlock when i is in ``return_list``.
 
-    The unit of ``nn.scan``: carry ``(x (N, T, L, C), query (N, 1, C))``; ``rates`` are
-    this layer's (backbone drop-path, global drop-path, global MLP dropout).
+    The unit of ``nn.scan``: carry ``(x (N, T, L, C), query (N, 1, C))``, :class:`LayerRates`.
     """
 
     num_heads: int
@@ -156,22 +146,25 @@ class UniLayer(nn.Module):
     frozen: bool
     dpe: bool
     dtype: Dtype = jnp.float32
-    # Which rates are non-zero anywhere in the run: under nn.scan rates are traced, and a
-    # rate that is zero in every layer is dropped statically (no RNG, no masks).
-    active: tuple[bool, bool, bool] = (True, True, True)
+    # Which rates are non-zero anywhere in the run (bools): under nn.scan rates are
+    # traced, and a rate that is zero in every layer is dropped statically (no RNG, no masks).
+    active: LayerRates = LayerRates(True, True, True)
 
     @nn.compact
-    def __call__(self, carry, rates, train: bool = False):
+    def __call__(self, carry: tuple[Array, Array], rates: LayerRates,
+                 train: bool = False) -> tuple[tuple[Array, Array], None]:
         x, query = carry
-        rates = [rate if on else 0.0 for rate, on in zip(rates, self.active)]
-        x = LocalUniBlock(self.num_heads, self.lmhra, self.double_lmhra, self.dw_reduction,
-                          self.dtype, name="block")(x, rates[0], train)
+        rates = LayerRates(*(rate if on else 0.0 for rate, on in zip(rates, self.active)))
+        block = LocalUniBlock(num_heads=self.num_heads, lmhra=self.lmhra, double_lmhra=self.double_lmhra,
+                              dw_reduction=self.dw_reduction, dtype=self.dtype, name="block")
+        x = block(x, rates.backbone_drop_path, train)
         self.sow("intermediates", "block_out", x)
         if self.tapped:
             # A frozen backbone gets no gradient (the official recipe freezes it).
             tokens = jax.lax.stop_gradient(x) if self.frozen else x
-            query = GlobalUniBlock(self.global_heads, self.mlp_factor, self.dtype, self.dpe,
-                                   name="global")(query, tokens, rates[1], rates[2], train)
+            block = GlobalUniBlock(num_heads=self.global_heads, mlp_factor=self.mlp_factor,
+                                   dtype=self.dtype, dpe=self.dpe, name="global")
+            query = block(query, tokens, rates.global_drop_path, rates.global_mlp_dropout, train)
             self.sow("intermediates", "query", query)
         return (x, query), None
 
@@ -192,9 +185,24 @@ def layer_runs(layers: int, return_list: Sequence[int]) -> list[tuple[int, int, 
     return runs
 
 
-def linspace(stop: float, num: int) -> list[float]:
-    """torch.linspace(0, stop, num) as Python floats (the official drop-path schedule)."""
-    return [stop * i / (num - 1) if num > 1 else 0.0 for i in range(num)]
+def layer_layout(model: "UniFormerV2", tree: dict, stacked: bool) -> dict:
+    """One collection's tree in the scan layout (``stacked``: ``layers_{a}_{b}`` per run,
+    its layers stacked on axis 0) or the loop layout (``layer_{i}``); other entries kept."""
+    tree = dict(tree)
+    for start, stop, _ in layer_runs(model.layers, model.return_list):
+        names, run = [f"layer_{i}" for i in range(start, stop)], f"layers_{start}_{stop}"
+        if stacked and names[0] in tree:
+            tree[run] = jax.tree.map(lambda *xs: np.stack(xs), *[tree.pop(n) for n in names])
+        elif not stacked and run in tree:
+            parts = tree.pop(run)
+            tree.update({n: jax.tree.map(lambda x, k=k: x[k], parts) for k, n in enumerate(names)})
+    return tree
+
+
+def per_layer_intermediates(model: "UniFormerV2", intermediates: dict) -> dict:
+    """The ``intermediates`` collection with ``layer_{i}`` entries whether or not the model
+    scans (``nn.scan`` sows ``layers_{a}_{b}`` entries stacked on axis 0)."""
+    return layer_layout(model, intermediates, stacked=False)
 
 
 def validate_fields(m: "UniFormerV2") -> None:
@@ -239,6 +247,16 @@ class UniFormerV2(nn.Module):
     layers 8-11). ``presets.create_model`` builds the named variants. ``t_size`` is the
     clip length the model is configured for (the official model needs it; this one reads
     T from the input and only checks the temporal stride).
+
+    Sown intermediates (``mutable=["intermediates"]``; 1-tuples; T after downsampling)::
+
+      embed                (N, T, L, C)  the tokens entering layer 0
+      layer_{i}/block_out  (N, T, L, C)  backbone layer i's output
+      layer_{i}/query      (N, 1, C)     the video query after layer i's global block
+      head_input           (N, C)        the fused feature before head_norm
+
+    With ``scan`` the layer entries are ``layers_{a}_{b}``, stacked on axis 0:
+    :func:`per_layer_intermediates` gives them the ``layer_{i}`` names.
     """
 
     # CLIP ViT backbone.
@@ -290,10 +308,8 @@ class UniFormerV2(nn.Module):
             raise ValueError(f"input frames are {h}x{w}, the model's input_resolution is "
                              f"{self.input_resolution}")
         kt = self.kernel_size if self.temporal_downsample else 1
-        kernel = self.param(
-            "conv1", nn.with_logical_partitioning(
-                torch_default_uniform(3 * kt * p * p), (None, None, None, None, "embed")),
-            (kt, p, p, 3, c))
+        kernel = self.param("conv1", nn.with_logical_partitioning(
+            torch_default_uniform(3 * kt * p * p), (None, None, None, None, "embed")), (kt, p, p, 3, c))
         if self.temporal_downsample:
             pad = (kt - 1) // 2
             padded = jnp.pad(video, ((0, 0), (pad, pad), (0, 0), (0, 0), (0, 0)))
@@ -303,10 +319,11 @@ class UniFormerV2(nn.Module):
             t = t_in
             frames = video[:, :, None]
         g = h // p
-        patches = frames.reshape(n, t, kt, g, p, g, p, 3).transpose(0, 1, 3, 5, 2, 4, 6, 7)
+        # frames (N, T, kt, H, W, 3) -> one row per patch, in the kernel's (kt, p, p, 3) order.
+        patches = einops.rearrange(frames, "n t kt (gh ph) (gw pw) c -> n t (gh gw) (kt ph pw c)",
+                                   ph=p, pw=p)
         x = nn.with_logical_constraint(
-            jnp.dot(patches.reshape(n, t, g * g, kt * p * p * 3).astype(self.dtype),
-                    kernel.reshape(-1, c).astype(self.dtype),
+            jnp.dot(patches.astype(self.dtype), kernel.reshape(-1, c).astype(self.dtype),
                     preferred_element_type=jnp.float32),
             ("batch", "frames", "tokens", "embed"))
         std = c**-0.5
@@ -317,50 +334,54 @@ class UniFormerV2(nn.Module):
         x = jnp.concatenate([jnp.broadcast_to(cls, (n, t, 1, c)), x], axis=2) + pos
         return layer_norm("ln_pre")(x)
 
-    def layer(self, tapped: bool, name: str, rates: Sequence[Sequence[float]],
-              **scan_kwargs) -> nn.Module:
-        """The UniLayer module (scanned over a run of layers when ``scan_kwargs``)."""
+    def layer_rates(self) -> list[LayerRates]:
+        """Each layer's rates: drop-path rising linearly over the backbone layers and over
+        the global blocks (the official schedules), the global blocks' MLP dropout."""
+        def linspace(stop: float, num: int) -> list[float]:  # torch.linspace(0, stop, num)
+            return [stop * i / (num - 1) if num > 1 else 0.0 for i in range(num)]
+
+        backbone = linspace(self.backbone_drop_path_rate, self.layers)
+        rates = [LayerRates(backbone[i]) for i in range(self.layers)]
+        global_dpr = linspace(self.drop_path_rate, len(self.return_list))
+        for j, i in enumerate(self.return_list):
+            rates[i] = LayerRates(backbone[i], global_dpr[j], self.mlp_dropouts[j])
+        return rates
+
+    def make_layer(self, tapped: bool, name: str, rates: Sequence[LayerRates],
+                   **scan_kwargs) -> nn.Module:
+        """The UniLayer module for layers with ``rates`` (scanned over them when ``scan_kwargs``)."""
         cls = UniLayer
         if self.remat:
             cls = nn.remat(cls, prevent_cse=not scan_kwargs, static_argnums=(3,))
         if scan_kwargs:
-            cls = nn.scan(
-                cls,
-                variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
-                split_rngs={"params": True, "dropout": True},
-                in_axes=(0, nn.broadcast),
-                metadata_params={nn.PARTITION_NAME: "layers"},
-                **scan_kwargs)
-        active = tuple(any(r[k] > 0 for r in rates) for k in range(3))
-        return cls(self.heads, not self.no_lmhra, self.double_lmhra, self.dw_reduction,
-                   tapped, self.n_head, self.mlp_factor, self.frozen, self.dpe, self.dtype, active,
-                   name=name)
+            cls = nn.scan(cls, variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
+                          split_rngs={"params": True, "dropout": True}, in_axes=(0, nn.broadcast),
+                          metadata_params={nn.PARTITION_NAME: "layers"}, **scan_kwargs)
+        active = LayerRates(*(any(r > 0 for r in column) for column in zip(*rates)))
+        return cls(num_heads=self.heads, lmhra=not self.no_lmhra, double_lmhra=self.double_lmhra,
+                   dw_reduction=self.dw_reduction, tapped=tapped, global_heads=self.n_head,
+                   mlp_factor=self.mlp_factor, frozen=self.frozen, dpe=self.dpe, dtype=self.dtype,
+                   active=active, name=name)
 
     @nn.compact
     def __call__(self, video: Array, train: bool = False) -> Array:
         x = self.embed(video)
         self.sow("intermediates", "embed", x)
-        n = x.shape[0]
         query = self.param("temporal_cls_token", nn.with_logical_partitioning(
             zeros, (None, None, "embed")), (1, 1, self.n_dim))
-        query = jnp.broadcast_to(query, (n, 1, self.n_dim))
+        query = jnp.broadcast_to(query, (x.shape[0], 1, self.n_dim))
 
-        # Per-layer (backbone drop-path, global drop-path, global MLP dropout).
-        backbone_dpr = linspace(self.backbone_drop_path_rate, self.layers)
-        global_dpr = linspace(self.drop_path_rate, len(self.return_list))
-        rates = [(backbone_dpr[i], 0.0, 0.0) for i in range(self.layers)]
-        for j, i in enumerate(self.return_list):
-            rates[i] = (backbone_dpr[i], global_dpr[j], self.mlp_dropouts[j])
-
+        rates = self.layer_rates()
         carry = (x, query)
         if self.scan:
             for start, stop, tapped in layer_runs(self.layers, self.return_list):
                 run = rates[start:stop]
-                layer = self.layer(tapped, f"layers_{start}_{stop}", run, length=stop - start)
-                carry, _ = layer(carry, jnp.asarray(run), train)
+                layer = self.make_layer(tapped, f"layers_{start}_{stop}", run, length=stop - start)
+                # Each rate as a (layers,) array, scanned over with the layers.
+                carry, _ = layer(carry, LayerRates(*map(jnp.asarray, zip(*run))), train)
         else:
             for i in range(self.layers):
-                layer = self.layer(i in self.return_list, f"layer_{i}", rates[i:i + 1])
+                layer = self.make_layer(i in self.return_list, f"layer_{i}", rates[i:i + 1])
                 carry, _ = layer(carry, rates[i], train)
         x, query = carry
 

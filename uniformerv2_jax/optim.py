@@ -24,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from uniformerv2_jax.convert.mapping import abstract_variables, get_path, official_rules
+from uniformerv2_jax.convert.mapping import get_path, official_rules
 from uniformerv2_jax.model import UniFormerV2
+from uniformerv2_jax.presets import abstract_variables
 
 # Official keys that ``frozen=True`` takes out of the optimiser (requires_grad=False).
 FROZEN_OFFICIAL_NAMES = ("conv1", "class_embedding", "positional_embedding", "ln_pre",

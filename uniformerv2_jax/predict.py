@@ -6,8 +6,9 @@ crops, as in evaluation), and the softmax is averaged over them.
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import numpy as np
@@ -15,38 +16,19 @@ import tensorflow as tf
 
 from uniformerv2_jax import storage
 from uniformerv2_jax.input import pipeline, writer
-from uniformerv2_jax.labels import LABELS_DIR, read_class_names
 from uniformerv2_jax.model import UniFormerV2
-
-# A head's class count -> the class list it most likely uses (override with --class_names).
-DEFAULT_CLASS_NAMES = {400: "kinetics400_uniformerv2_order.txt", 600: "kinetics600.txt",
-                       700: "kinetics700.txt", 710: "kinetics710.txt", 339: "moments_in_time_v1.txt",
-                       174: "something_something_v2.txt", 200: "activitynet.txt",
-                       101: "ucf101.txt", 51: "hmdb51.txt"}
-
-
-def class_names_for(num_classes: int, path: str | os.PathLike | None = None) -> list[str]:
-    """Names from ``path``, else the shipped list for this class count, else ``class_i``."""
-    if path is None and num_classes in DEFAULT_CLASS_NAMES:
-        path = LABELS_DIR / DEFAULT_CLASS_NAMES[num_classes]
-    if path is None:
-        return [f"class_{i}" for i in range(num_classes)]
-    names = read_class_names(path)
-    if len(names) != num_classes:
-        raise ValueError(f"{path} lists {len(names)} classes, the model has {num_classes}")
-    return names
+from uniformerv2_jax.train_step import video_probabilities
 
 
 def video_views(path: str | os.PathLike, *, clip_frames: int, crop_size: int, num_clips: int,
-                num_crops: int, dense_stride: int | None = None, fps: float | None = None
+                num_crops: int, dense_stride: int = 0, fps: float | None = None
                 ) -> np.ndarray:
     """(views, T, S, S, 3) normalised float32 from the file at ``path``."""
     path = os.fspath(path)
     if not storage.path(path).is_file():
         raise FileNotFoundError(f"video not found: {path}")
     try:
-        with storage.local_copy(path) as local:  # one download for both reads
-            frames = writer.read_video(local, fps=fps or native_fps(local), short_side=crop_size)
+        frames, _ = writer.read_video_file(path, crop_size, fps)
     except Exception as e:  # noqa: BLE001 - PyAV raises many kinds; all mean "unreadable"
         raise ValueError(f"{path}: cannot decode the video ({type(e).__name__}: {e})") from None
     video = tf.constant(frames)
@@ -56,18 +38,10 @@ def video_views(path: str | os.PathLike, *, clip_frames: int, crop_size: int, nu
     return views.numpy()
 
 
-def native_fps(path: str) -> float:
-    import av
-
-    with av.open(path) as container:
-        stream = container.streams.video[0]
-        return float(stream.average_rate or stream.guessed_rate or 30.0)
-
-
 def predict(model: UniFormerV2, variables: dict, views: np.ndarray) -> np.ndarray:
     """Softmax averaged over views: (V, T, S, S, 3) -> (num_classes,)."""
-    logits = jax.jit(model.apply)(variables, views)
-    return np.asarray(jax.nn.softmax(logits.astype(np.float32), -1).mean(0))
+    probs = jax.jit(functools.partial(video_probabilities, model))(variables, views[None])
+    return np.asarray(probs[0])
 
 
 def top_k(probs: np.ndarray, names: Sequence[str], k: int = 5) -> list[tuple[str, float]]:
@@ -79,3 +53,28 @@ def format_top_k(video: str, ranked: list[tuple[str, float]]) -> str:
     lines = [f"{video}:"] + [f"  {p:7.2%}  {name}" for name, p in ranked]
     return "\n".join(lines)
 
+
+class Checkpoint(NamedTuple):
+    """A model ready for inference, with the test views and class list it was trained with."""
+    model: UniFormerV2
+    variables: dict
+    num_clips: int
+    num_crops: int
+    class_names: str | None  # the class-list file the training config names
+    experiment: Any = None  # a training workdir's Experiment (mesh, shardings), else None
+
+
+def load_checkpoint(directory: str | os.PathLike, which: str = "best") -> Checkpoint:
+    """A converted directory (``main.py convert``; 4 clips x 3 crops) or a training workdir
+    (its ``which`` checkpoint, the config's views and class list)."""
+    from uniformerv2_jax import evaluate
+    from uniformerv2_jax.convert.saved import MODEL_FILE, load_converted
+
+    directory = storage.path(directory)
+    if (directory / MODEL_FILE).is_file():
+        model, variables = load_converted(directory)
+        return Checkpoint(model, variables, 4, 3, None)
+    config = evaluate.load_workdir_config(directory)
+    exp, state, _ = evaluate.restore(directory, config, which)
+    d = config.data
+    return Checkpoint(exp.model, state.variables, d.num_clips, d.num_crops, d.class_names or None, exp)

@@ -1,9 +1,14 @@
-"""Named variants as data, official constructor arguments, and their validation.
+"""The one model-spec module: named variants, the model's fields as data, official arguments.
 
-``create_model("L/14@336", num_classes=600)`` builds a variant; ``model_from_official_kwargs``
-takes the official constructor arguments (names as in the official code, e.g. from a
-checkpoint's JSON); ``read_official_config`` reads them from a JSON file or from the
-official SlowFast YAML (``UNIFORMERV2:`` section, ``DATA.NUM_FRAMES``, ``MODEL.NUM_CLASSES``).
+``create_model("L/14@336", num_classes=600)`` builds a variant; :func:`model_fields` and
+:func:`model_from_fields` turn a model into its JSON-serialisable fields and back (the
+converted checkpoints' ``model.json`` and the training config's ``model`` section);
+``model_from_official_kwargs`` takes the official constructor arguments (names as in
+the official code, e.g. from a checkpoint's JSON); ``read_official_config`` reads them
+from a JSON file, from the official SlowFast YAML (``UNIFORMERV2:`` section,
+``DATA.NUM_FRAMES``, ``MODEL.NUM_CLASSES``) or from an MMAction2 ``.py`` config.
+:func:`dummy_video` and :func:`abstract_variables` are the input and the variable shapes
+that initialisation sees.
 """
 
 from __future__ import annotations
@@ -12,7 +17,11 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
 from uniformerv2_jax import storage
 from uniformerv2_jax.model import UniFormerV2
@@ -34,6 +43,16 @@ IGNORED_OFFICIAL_ARGS = ("output_dim", "use_checkpoint", "checkpoint_num")
 
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(UniFormerV2)
                      if f.name not in ("parent", "name"))
+# Fields that choose how the model computes, not what: no official counterpart.
+IMPLEMENTATION_FIELDS = ("dtype", "scan", "remat")
+# Compute dtypes by name (``model_fields`` writes the name, ``model_from_fields`` reads it).
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def last_layers(layers: int, n: int = 4) -> tuple[int, ...]:
+    """The official default ``return_list``: global blocks on the last ``n`` layers (all
+    of them when there are fewer)."""
+    return tuple(range(max(layers - n, 0), layers))
 
 
 def create_model(variant: str = "B/16", **fields: Any) -> UniFormerV2:
@@ -41,15 +60,27 @@ def create_model(variant: str = "B/16", **fields: Any) -> UniFormerV2:
     if variant not in PRESETS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(PRESETS)}")
     base = dict(PRESETS[variant])
-    layers, width = base["layers"], base["width"]
-    base.update(return_list=tuple(range(layers - 4, layers)), n_dim=width,
-                n_head=base["heads"])
+    base.update(return_list=last_layers(base["layers"]), n_dim=base["width"], n_head=base["heads"])
     base.update(fields)
     return model_from_fields(base)
 
 
-def model_from_fields(fields: dict[str, Any]) -> UniFormerV2:
-    """Builds the model from a dict of its fields, naming any unknown one."""
+def model_fields(model: UniFormerV2) -> dict[str, Any]:
+    """Every constructor field of ``model`` as JSON-serialisable values: tuples as lists,
+    the dtype by name (``"float32"``)."""
+    out = {}
+    for name in MODEL_FIELDS:
+        value = getattr(model, name)
+        if name == "dtype":
+            value = jnp.dtype(value).name
+        out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def model_from_fields(fields: Mapping[str, Any]) -> UniFormerV2:
+    """The model from a mapping of its fields (what :func:`model_fields` writes, or a subset
+    of it; the rest keep their defaults). Lists become tuples; ``dtype`` is a name of
+    :data:`DTYPES` or a dtype. Unknown fields are named in the error."""
     unknown = sorted(set(fields) - set(MODEL_FIELDS))
     if unknown:
         raise ValueError(f"unknown model field(s) {unknown}; known fields: {list(MODEL_FIELDS)}")
@@ -57,7 +88,34 @@ def model_from_fields(fields: dict[str, Any]) -> UniFormerV2:
     for key in ("return_list", "mlp_dropout"):
         if isinstance(fields.get(key), list):
             fields[key] = tuple(fields[key])
+    if "dtype" in fields:
+        fields["dtype"] = _compute_dtype(fields["dtype"])
     return UniFormerV2(**fields)
+
+
+def _compute_dtype(value: Any) -> Any:
+    """A dtype name or dtype -> the ``jnp`` scalar type (``jnp.float32``, the field's default)."""
+    try:
+        name = value if isinstance(value, str) else jnp.dtype(value).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ValueError(f"model field dtype={value!r}: expected one of {', '.join(DTYPES)}")
+    return getattr(jnp, name)
+
+
+def dummy_video(model: UniFormerV2) -> jax.Array:
+    """The input that initialisation traces: zeros (1, t_size, R, R, 3) float32, R the
+    input resolution (the variables' shapes do not depend on the clip length)."""
+    size = model.input_resolution
+    return jnp.zeros((1, model.t_size, size, size, 3), jnp.float32)
+
+
+def abstract_variables(model: UniFormerV2) -> dict:
+    """Shapes and dtypes of the model's variables (``jax.ShapeDtypeStruct`` leaves,
+    unboxed), in the loop layout (``layer_{i}``), without allocating them."""
+    loop = model.clone(scan=False, remat=False)
+    return nn.unbox(jax.eval_shape(loop.init, jax.random.key(0), dummy_video(loop)))
 
 
 def model_from_official_kwargs(**kwargs: Any) -> UniFormerV2:
@@ -66,9 +124,6 @@ def model_from_official_kwargs(**kwargs: Any) -> UniFormerV2:
     for name in IGNORED_OFFICIAL_ARGS:
         kwargs.pop(name, None)
     n_layers = kwargs.pop("n_layers", None)
-    if "frames" in kwargs:  # the fixtures' name for the input clip length
-        frames = kwargs.pop("frames")
-        kwargs.setdefault("t_size", frames)
     model = model_from_fields(kwargs)
     if n_layers is not None and n_layers != len(model.return_list):
         raise ValueError(f"n_layers={n_layers} but return_list={list(model.return_list)} "
@@ -77,27 +132,33 @@ def model_from_official_kwargs(**kwargs: Any) -> UniFormerV2:
 
 
 def official_kwargs(model: UniFormerV2) -> dict[str, Any]:
-    """The official constructor arguments that describe ``model`` (JSON-serialisable)."""
-    out = {}
-    for name in MODEL_FIELDS:
-        if name in ("dtype", "scan", "remat") or (name == "dpe" and model.dpe):
-            continue  # implementation choices; ``dpe`` only when the ablation is on
-        value = getattr(model, name)
-        out[name] = list(value) if isinstance(value, tuple) else value
+    """The official constructor arguments that describe ``model`` (JSON-serialisable):
+    :func:`model_fields` without the implementation switches (and without ``dpe`` unless
+    the ablation is on), plus ``n_layers`` and one MLP dropout rate per global block."""
+    out = {k: v for k, v in model_fields(model).items() if k not in IMPLEMENTATION_FIELDS}
+    if model.dpe:
+        del out["dpe"]
     out["n_layers"] = len(model.return_list)
     out["mlp_dropout"] = list(model.mlp_dropouts)
     return out
 
 
 def read_official_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Official constructor arguments from a JSON file or an official SlowFast YAML config.
+    """Official constructor arguments from a JSON file, an official SlowFast YAML config or
+    an MMAction2 Python config.
 
     JSON: the arguments at top level or under ``constructor_args``. YAML: the
-    ``UNIFORMERV2`` section, ``DATA.NUM_FRAMES`` and ``MODEL.NUM_CLASSES``.
+    ``UNIFORMERV2`` section, ``DATA.NUM_FRAMES`` and ``MODEL.NUM_CLASSES``. ``.py``: the
+    ``model = dict(...)`` of an MMAction2 config, parsed without running it.
     """
     path = os.fspath(path)
     if not storage.path(path).is_file():
         raise FileNotFoundError(f"config file not found: {path}")
+    if path.endswith(".py"):
+        # Imported here: the converters build on this module.
+        from uniformerv2_jax.convert.mmaction2 import read_mmaction2_config
+
+        return read_mmaction2_config(path)
     text = storage.path(path).read_text(encoding="utf-8")
     if path.endswith(".json"):
         try:
@@ -109,7 +170,8 @@ def read_official_config(path: str | os.PathLike) -> dict[str, Any]:
         return dict(data.get("constructor_args", data))
     if path.endswith((".yaml", ".yml")):
         return _from_slowfast_yaml(path, text)
-    raise ValueError(f"{path}: unknown config format; expected .json or .yaml/.yml")
+    raise ValueError(f"{path}: unknown config format; expected .json, .yaml/.yml or an "
+                     "MMAction2 .py")
 
 
 _YAML_KEYS = {
@@ -139,8 +201,7 @@ def _from_slowfast_yaml(path: str, text: str) -> dict[str, Any]:
                          f"{sorted(OFFICIAL_BACKBONES)}")
     kwargs: dict[str, Any] = dict(PRESETS[OFFICIAL_BACKBONES[backbone]])
     # The official defaults for fields a config may leave out (slowfast/config/defaults.py).
-    layers = kwargs["layers"]
-    kwargs.update(return_list=list(range(layers - 4, layers)), n_dim=kwargs["width"],
+    kwargs.update(return_list=list(last_layers(kwargs["layers"])), n_dim=kwargs["width"],
                   n_head=kwargs["heads"], temporal_downsample=True, no_lmhra=False)
     for key, value in section.items():
         if key in _YAML_KEYS:
@@ -157,6 +218,7 @@ def _from_slowfast_yaml(path: str, text: str) -> dict[str, Any]:
 
 
 def log_assumed_heads(width: int) -> int:
+    """The head count for ``width`` when the weights do not say (head_dim 64), logged."""
     heads = max(width // 64, 1)
     logging.info("heads not given: assuming head_dim 64 as in every CLIP ViT (heads=%d)", heads)
     return heads

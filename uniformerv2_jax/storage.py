@@ -207,6 +207,41 @@ def move(source: PathLike, target: PathLike) -> None:
         mark_complete(target)
 
 
+def absolute(p: PathLike) -> epath.Path:
+    """``p`` as a path of the layer, resolved when local (remote paths are already absolute)."""
+    p = path(p)
+    return p if is_remote(p) else p.resolve()
+
+
+@contextlib.contextmanager
+def staged_directory(directory: PathLike, overwrite: bool = False) -> Iterator[epath.Path]:
+    """A directory to assemble ``directory`` in, published when the block ends without error.
+
+    The staging directory (``.<name>.staging``) sits beside its destination; on success it is
+    marked complete, then moved into place, so an interrupted writer never leaves a directory
+    that passes for complete. An existing ``directory`` is replaced only with ``overwrite``,
+    and only after the new one is complete.
+    """
+    directory = absolute(directory)
+    if directory.exists() and not overwrite:
+        raise FileExistsError(f"{directory} exists; pass overwrite=True (--overwrite) to replace it")
+    staging = directory.with_name(f".{directory.name}.staging")
+    if staging.exists():
+        staging.rmtree()  # a writer interrupted earlier
+    staging.mkdir(parents=True)
+    yield staging
+    mark_complete(staging)
+    if directory.exists():
+        old = directory.with_name(f".{directory.name}.old")
+        if old.exists():
+            old.rmtree()
+        move(directory, old)
+        move(staging, directory)
+        old.rmtree()
+    else:
+        move(staging, directory)
+
+
 def mark_complete(directory: PathLike) -> None:
     """Publishes a directory written in pieces: the marker is its last object."""
     write_atomic(path(directory) / COMPLETE_MARKER, "")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import einops
 import flax
 import flax.linen as nn
 import jax
@@ -28,6 +29,11 @@ class TrainState:
     batch_stats: Any
     opt_state: Any
     rng: jax.Array
+
+    @property
+    def variables(self) -> dict[str, Any]:
+        """The model's variables, as ``model.apply`` takes them."""
+        return {"params": self.params, "batch_stats": self.batch_stats}
 
 
 def create_train_state(model: UniFormerV2, tx: optax.GradientTransformation, variables: dict,
@@ -88,9 +94,8 @@ def train_step(state: TrainState, batch: dict, model: UniFormerV2,
     return new_state, metrics
 
 
-def eval_step(state: TrainState, batch: dict, model: UniFormerV2) -> jax.Array:
-    """Softmax averaged over the views of each video: ``video`` (B, V, T, H, W, 3) -> (B, C)."""
-    b, v = batch["video"].shape[:2]
-    clips = batch["video"].reshape(b * v, *batch["video"].shape[2:])
-    logits = model.apply({"params": state.params, "batch_stats": state.batch_stats}, clips)
-    return jax.nn.softmax(logits.astype(jnp.float32), -1).reshape(b, v, -1).mean(axis=1)
+def video_probabilities(model: UniFormerV2, variables: dict, videos: jax.Array) -> jax.Array:
+    """Softmax averaged over each video's views: (B, V, T, H, W, 3) -> (B, C) float32."""
+    logits = model.apply(variables, einops.rearrange(videos, "b v ... -> (b v) ..."))
+    probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
+    return einops.reduce(probs, "(b v) c -> b c", "mean", v=videos.shape[1])

@@ -19,14 +19,20 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from uniformerv2_jax import storage
 from uniformerv2_jax.convert.io import read_state_dict
-from uniformerv2_jax.convert.mapping import abstract_variables, apply_rules, official_rules, stack_layers
+from uniformerv2_jax.convert.mapping import apply_rules, backbone_shape, official_rules, stack_layers
 from uniformerv2_jax.model import UniFormerV2
-from uniformerv2_jax.presets import log_assumed_heads, model_from_official_kwargs, read_official_config
+from uniformerv2_jax.presets import (
+    abstract_variables,
+    dummy_video,
+    last_layers,
+    log_assumed_heads,
+    model_from_official_kwargs,
+    read_official_config,
+)
 
 # CLIP parts the video model does not use (documented skips).
 UNUSED_VISUAL = ("ln_post.weight", "ln_post.bias", "proj")
@@ -115,16 +121,6 @@ def _hugging_face_dir(directory: str) -> tuple[str, dict[str, Any]]:
     return weights, kwargs
 
 
-def clip_backbone_kwargs(visual: dict[str, np.ndarray]) -> dict[str, int]:
-    """Backbone arguments read from the weights (``heads`` is not in the shapes)."""
-    width = visual["class_embedding"].shape[0]
-    patch = visual["conv1.weight"].shape[-1]
-    grid = math.isqrt(visual["positional_embedding"].shape[0] - 1)
-    layers = 1 + max(int(m.group(1)) for k in visual
-                     if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k)))
-    return dict(input_resolution=grid * patch, patch_size=patch, width=width, layers=layers)
-
-
 def inflate_conv1(weight: np.ndarray, kt: int) -> np.ndarray:
     """(C, 3, p, p) -> (C, 3, kt, p, p), the 2D kernel in the centre slice, zeros elsewhere."""
     out = np.zeros(weight.shape[:2] + (kt,) + weight.shape[2:], weight.dtype)
@@ -184,7 +180,7 @@ def from_clip(path: str | os.PathLike, config: str | os.PathLike | None = None, 
     if storage.path(source).is_dir():
         path, found = _hugging_face_dir(source)
     visual = clip_visual_state(read_state_dict(path), source)
-    backbone = {**clip_backbone_kwargs(visual), **found}
+    backbone = {**backbone_shape(visual, f"a CLIP vision tower ({source})"), **found}
     for key in ("patch_size", "width", "layers", *found):
         if key in official_kwargs and official_kwargs[key] != backbone[key]:
             raise ValueError(f"{key}={official_kwargs[key]} contradicts the CLIP weights in "
@@ -192,8 +188,7 @@ def from_clip(path: str | os.PathLike, config: str | os.PathLike | None = None, 
     kwargs = {**backbone, **official_kwargs}
     if "heads" not in kwargs:
         kwargs["heads"] = log_assumed_heads(kwargs["width"])
-    n_global = min(4, kwargs["layers"])
-    kwargs.setdefault("return_list", list(range(kwargs["layers"] - n_global, kwargs["layers"])))
+    kwargs.setdefault("return_list", last_layers(kwargs["layers"]))
     kwargs.setdefault("n_dim", kwargs["width"])
     kwargs.setdefault("n_head", kwargs["heads"])
     model = model_from_official_kwargs(**kwargs)
@@ -205,8 +200,7 @@ def from_clip(path: str | os.PathLike, config: str | os.PathLike | None = None, 
         visual["positional_embedding"], model.input_resolution // model.patch_size)
 
     loop = model.clone(scan=False, remat=False)
-    frames = jnp.zeros((1, model.t_size, model.input_resolution, model.input_resolution, 3))
-    init = jax.jit(loop.init)(jax.random.key(seed), frames)
+    init = jax.jit(loop.init)(jax.random.key(seed), dummy_video(loop))
     variables = jax.tree.map(np.asarray, dict(nn.unbox(init)))
     clip_rules = [r for r in official_rules(model) if _is_clip_key(r.official)]
     apply_rules(clip_rules, visual, abstract_variables(model), source, target=variables)

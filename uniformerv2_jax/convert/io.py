@@ -1,10 +1,12 @@
-"""Reading PyTorch-world weight files into flat ``{key: np.ndarray}`` dicts, safely.
+"""PyTorch-world weight files <-> flat ``{key: np.ndarray}`` dicts, safely.
 
-Accepted: ``.safetensors`` (read without torch); PyTorch ``torch.save`` files
+Read: ``.safetensors`` (read without torch); PyTorch ``torch.save`` files
 (``.pth``/``.pyth``/``.pt``/``.bin``/``.ckpt``, zip or legacy format), read with
 ``torch.load(weights_only=True)`` so that no code inside a pickle can run; TorchScript
 archives (OpenAI's released CLIP ``.pt``), read with ``torch.jit.load``. Nothing here
-ever unpickles arbitrary objects.
+ever unpickles arbitrary objects. Written (:func:`write_state_dict`): ``.safetensors``, or
+a ``torch.save`` file in the released checkpoints' ``{"model_state": ...}`` layout (or
+MMAction2's ``{"state_dict": ..., "meta": ...}``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import pickle
 import warnings
 import zipfile
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -48,6 +50,49 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
         return {k: _to_numpy(path, k, v) for k, v in state.items()}
 
 
+def write_state_dict(path: str | os.PathLike, state: Mapping[str, np.ndarray],
+                     overwrite: bool = False, container: str = "model_state",
+                     meta: Mapping[str, Any] | None = None) -> None:
+    """Writes a flat state dict: ``.safetensors``, or for a PyTorch suffix (``.pth``, ...)
+    ``torch.save({container: state})``, by default the layout of the released checkpoints
+    (MMAction2's is ``container="state_dict"`` with a ``meta`` dict of plain values beside
+    it; ``.safetensors`` files stay flat and have no ``meta``).
+
+    The file is written beside its destination (or locally, for ``gs://``) and moved into
+    place when complete, so an interrupted write never leaves a truncated weight file; an
+    existing file is replaced only with ``overwrite``.
+    """
+    path = storage.path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".safetensors", *TORCH_SUFFIXES):
+        raise WeightFileError(f"{path}: unknown weight format {suffix!r}; writable: .safetensors, "
+                              + ", ".join(TORCH_SUFFIXES))
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    state = dict(state)
+    with storage.staging_file(path, suffix=path.suffix) as staging:
+        if suffix == ".safetensors":
+            from safetensors.numpy import save_file
+            save_file(state, staging)
+        else:
+            torch = _import_torch(f"writing {path}")
+            obj = {container: {k: torch.from_numpy(v) for k, v in state.items()}}
+            if meta is not None:
+                obj["meta"] = dict(meta)
+            torch.save(obj, staging)
+        storage.publish(staging, path)
+
+
+def _import_torch(doing: str):
+    """torch, which only the PyTorch formats need (an optional dependency)."""
+    try:
+        import torch
+    except ImportError:
+        raise ImportError(f"{doing} needs PyTorch: pip install 'uniformerv2_jax[torch]' "
+                          "(or use .safetensors)") from None
+    return torch
+
+
 def _read_safetensors(local: str, head: bytes, path: str) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
@@ -72,11 +117,7 @@ def _read_torch(local: str, head: bytes, path: str) -> dict[str, Any]:
     if not is_zip and head[:1] != b"\x80":  # pickle protocol >= 2 opcode
         raise WeightFileError(
             f"{path}: not a PyTorch file (neither a zip archive nor a pickle); accepted: {ACCEPTED}")
-    try:
-        import torch
-    except ImportError:
-        raise ImportError(f"reading {path} needs PyTorch: pip install 'uniformerv2_jax[torch]' "
-                          "(or convert the file to .safetensors elsewhere)") from None
+    torch = _import_torch(f"reading {path}")
     try:
         if is_zip and _is_torchscript(local):
             with warnings.catch_warnings():  # torch 2.13 deprecates jit; OpenAI ships it

@@ -10,14 +10,14 @@ mis-shaped key at once.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable
+import math
+import re
+from typing import Any, Callable, Iterable, Mapping
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from uniformerv2_jax.model import UniFormerV2, layer_runs
+from uniformerv2_jax.model import UniFormerV2, layer_layout
 
 Transform = Callable[[Any], Any]
 # Keys every loader skips: BatchNorm's step counter is not a weight.
@@ -147,12 +147,27 @@ def official_rules(model: UniFormerV2) -> list[Rule]:
     return rules
 
 
-def abstract_variables(model: UniFormerV2) -> dict:
-    """Shapes and dtypes of the model's variables, in the loop layout, without memory."""
-    loop = model.clone(scan=False, remat=False)
-    frames = jnp.zeros((1, model.t_size, model.input_resolution, model.input_resolution, 3))
-    shapes = jax.eval_shape(loop.init, jax.random.key(0), frames)
-    return nn.unbox(shapes)
+def required(state: Mapping[str, np.ndarray], key: str, what: str) -> np.ndarray:
+    """``state[key]``; a ValueError saying that ``state`` is not ``what`` if it is missing."""
+    if key not in state:
+        raise ValueError(f"not {what}: no {key!r} (found e.g. {sorted(state)[:5]})")
+    return state[key]
+
+
+def backbone_shape(state: Mapping[str, np.ndarray], what: str) -> dict[str, int]:
+    """The CLIP backbone fields that a prefix-free official or CLIP state dict determines:
+    ``width`` from ``class_embedding`` (C,), ``patch_size`` from ``conv1.weight`` (C, 3,
+    [kt,] p, p), ``input_resolution`` from ``positional_embedding`` (1 + g*g, C), ``layers``
+    from the ``transformer.resblocks.{i}`` keys. ``heads`` is not in the shapes.
+
+    ``what`` names the expected kind of state dict in the error for a missing key.
+    """
+    width = required(state, "class_embedding", what).shape[0]
+    patch = required(state, "conv1.weight", what).shape[-1]
+    grid = math.isqrt(required(state, "positional_embedding", what).shape[0] - 1)
+    layers = 1 + max(int(m.group(1)) for k in state
+                     if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k)))
+    return dict(input_resolution=grid * patch, patch_size=patch, width=width, layers=layers)
 
 
 def get_path(tree: dict, path: Iterable[str]):
@@ -202,29 +217,11 @@ def apply_rules(rules: list[Rule], state: dict[str, np.ndarray], abstract: dict,
 
 
 def stack_layers(model: UniFormerV2, variables: dict) -> dict:
-    """Loop layout (``layer_{i}``) -> scan layout (``layers_{a}_{b}``, stacked on axis 0)."""
-    out = {}
-    for collection, tree in variables.items():
-        tree = dict(tree)
-        for start, stop, _ in layer_runs(model.layers, model.return_list):
-            names = [f"layer_{i}" for i in range(start, stop)]
-            if names[0] in tree:
-                parts = [tree.pop(n) for n in names]
-                tree[f"layers_{start}_{stop}"] = jax.tree.map(lambda *xs: np.stack(xs), *parts)
-        out[collection] = tree
-    return out
+    """Loop layout (``layer_{i}``) -> scan layout (``layers_{a}_{b}``, stacked on axis 0),
+    every collection; numpy (a conversion stays in host memory)."""
+    return {c: layer_layout(model, tree, stacked=True) for c, tree in variables.items()}
 
 
 def unstack_layers(model: UniFormerV2, variables: dict) -> dict:
-    """Scan layout -> loop layout; the inverse of :func:`stack_layers`."""
-    out = {}
-    for collection, tree in variables.items():
-        tree = dict(tree)
-        for start, stop, _ in layer_runs(model.layers, model.return_list):
-            stacked = tree.pop(f"layers_{start}_{stop}", None)
-            if stacked is None:
-                continue
-            for i in range(start, stop):
-                tree[f"layer_{i}"] = jax.tree.map(lambda x, k=i - start: np.asarray(x[k]), stacked)
-        out[collection] = tree
-    return out
+    """Scan layout -> loop layout, every collection; the inverse of :func:`stack_layers`."""
+    return {c: layer_layout(model, tree, stacked=False) for c, tree in variables.items()}

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import math
+import logging
 import os
-import re
 from typing import Any, Sequence
 
 import jax
@@ -14,16 +13,23 @@ import numpy as np
 from uniformerv2_jax import storage
 from uniformerv2_jax.convert.io import read_state_dict
 from uniformerv2_jax.convert.mapping import (
-    abstract_variables,
     apply_rules,
+    backbone_shape,
     get_path,
     official_rules,
+    required,
     stack_layers,
     unstack_layers,
 )
 from uniformerv2_jax.labels import LABELS_DIR
 from uniformerv2_jax.model import UniFormerV2
-from uniformerv2_jax.presets import log_assumed_heads, model_from_official_kwargs, read_official_config
+from uniformerv2_jax.presets import (
+    abstract_variables,
+    last_layers,
+    log_assumed_heads,
+    model_from_official_kwargs,
+    read_official_config,
+)
 
 PREFIXES = ("module.", "backbone.")
 
@@ -45,29 +51,20 @@ def infer_official_kwargs(state: dict[str, np.ndarray]) -> dict[str, Any]:
     ``return_list`` is not stored in checkpoints; by the official convention it is the
     last ``n_layers`` layers. ``heads`` cannot be read from shapes (see the caller).
     """
-    def need(key):
-        if key not in state:
-            raise ValueError(f"not an official UniFormerV2 state dict: no {key!r} "
-                             f"(found e.g. {sorted(state)[:5]})")
-        return state[key]
-
-    width = need("class_embedding").shape[0]
-    conv1 = need("conv1.weight")
+    what = "an official UniFormerV2 state dict"
+    kwargs: dict[str, Any] = backbone_shape(state, what)
+    conv1 = state["conv1.weight"]
     if conv1.ndim != 5:
         raise ValueError(f"conv1.weight has shape {conv1.shape}; an official UniFormerV2 "
                          "has a 5-D Conv3d kernel (for CLIP weights use from_clip)")
-    patch = conv1.shape[-1]
-    grid = math.isqrt(need("positional_embedding").shape[0] - 1)
-    layers = 1 + max(int(m.group(1)) for k in state
-                     if (m := re.match(r"transformer\.resblocks\.(\d+)\.", k)))
+    width, layers = kwargs["width"], kwargs["layers"]
     n_layers = len({k.split(".")[2] for k in state if k.startswith("transformer.dpe.")})
-    kwargs = dict(
-        input_resolution=grid * patch, patch_size=patch, width=width, layers=layers,
+    kwargs.update(
         temporal_downsample=conv1.shape[2] > 1, kernel_size=max(conv1.shape[2], 3),
         no_lmhra="transformer.resblocks.0.lmhra1.pos_embed.1.weight" not in state,
-        return_list=list(range(layers - n_layers, layers)), n_dim=width,
+        return_list=list(last_layers(layers, n_layers)), n_dim=width,
         frozen="transformer.balance" not in state,
-        num_classes=need("transformer.proj.2.weight").shape[0],
+        num_classes=required(state, "transformer.proj.2.weight", what).shape[0],
     )
     if not kwargs["no_lmhra"]:
         kwargs["double_lmhra"] = "transformer.resblocks.0.lmhra2.pos_embed.1.weight" in state
@@ -83,12 +80,30 @@ def from_official(path: str | os.PathLike, config: str | os.PathLike | None = No
                   **official_kwargs: Any) -> tuple[UniFormerV2, dict]:
     """Loads an official checkpoint (``.pyth``/``.pth``/``.safetensors``).
 
-    The architecture is read from the checkpoint's shapes; ``config`` (a JSON file or
-    the official YAML) and ``official_kwargs`` (official constructor names, e.g.
-    ``heads=4, t_size=16``) override it. Loading is strict: any key or shape that
-    does not fit is reported. Returns ``(model, variables)``.
+    The architecture is read from the checkpoint's shapes; ``config`` (a JSON file, the
+    official YAML or an MMAction2 ``.py``) and ``official_kwargs`` (official constructor
+    names, e.g. ``heads=4, t_size=16``) override it. Loading is strict: any key or shape
+    that does not fit is reported. An MMAction2 checkpoint is recognised by its keys and
+    read as :func:`~uniformerv2_jax.convert.mmaction2.from_mmaction2` reads it (a
+    400-class head re-indexed into the UniFormerV2 K400 order). Returns ``(model, variables)``.
     """
-    state = strip_prefixes(read_state_dict(path))
+    # Imported here: mmaction2 builds on this module.
+    from uniformerv2_jax.convert.mmaction2 import is_mmaction2, mmaction2_to_official
+
+    state = read_state_dict(path)
+    if is_mmaction2(state):
+        logging.info("%s: MMAction2 keys (cls_head.fc_cls, transformer.norm): reading it as an "
+                     "MMAction2 checkpoint", path)
+        state = mmaction2_to_official(state)
+    return official_state_to_model(state, os.fspath(path), config, **official_kwargs)
+
+
+def official_state_to_model(state: dict[str, np.ndarray], source: str,
+                            config: str | os.PathLike | None = None,
+                            **official_kwargs: Any) -> tuple[UniFormerV2, dict]:
+    """:func:`from_official` for a state dict already read (official keys, any prefix);
+    ``source`` names it in errors."""
+    state = strip_prefixes(state)
     kwargs = infer_official_kwargs(state)
     if config is not None:
         kwargs.update(read_official_config(config))
@@ -97,7 +112,7 @@ def from_official(path: str | os.PathLike, config: str | os.PathLike | None = No
         kwargs["heads"] = log_assumed_heads(kwargs["width"])
     kwargs.setdefault("n_head", kwargs["heads"])
     model = model_from_official_kwargs(**kwargs)
-    return model, official_to_variables(model, state, source=os.fspath(path))
+    return model, official_to_variables(model, state, source=source)
 
 
 def official_to_variables(model: UniFormerV2, state: dict[str, np.ndarray],

@@ -1,8 +1,8 @@
 """Starting weights for training: ``config.init_from`` -> the model's parameters.
 
 ``clip:PATH`` (any CLIP the CLIP converter reads), ``official:PATH`` (an official
-UniFormerV2 checkpoint) or ``converted:DIR`` (``main.py convert`` output); ``scratch``
-keeps the fresh (random) weights. The source's
+UniFormerV2 checkpoint, or an MMAction2 one: recognised by its keys) or ``converted:DIR``
+(``main.py convert`` output); ``scratch`` keeps the fresh (random) weights. The source's
 architecture must match the config's, key for key and shape for shape; only the head
 may differ, as ``config.head_map`` says: ``new`` keeps the fresh head, ``k400`` /
 ``first:N`` / a JSON list re-index the source's rows.

@@ -21,72 +21,37 @@ import os
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from uniformerv2_jax import storage
 from uniformerv2_jax.model import UniFormerV2
-from uniformerv2_jax.presets import MODEL_FIELDS, model_from_fields
+from uniformerv2_jax.presets import model_fields, model_from_fields
 
 MODEL_FILE = "model.json"
 VARIABLES_DIR = "variables"
 
 
-def model_fields(model: UniFormerV2) -> dict:
-    """The model's fields as JSON-serialisable values (dtype by name)."""
-    out = {}
-    for name in MODEL_FIELDS:
-        value = getattr(model, name)
-        if name == "dtype":
-            value = jnp.dtype(value).name
-        out[name] = list(value) if isinstance(value, tuple) else value
-    return out
-
-
 def save_converted(directory: str | os.PathLike, model: UniFormerV2, variables: dict,
                    overwrite: bool = False) -> storage.epath.Path:
     """Writes ``model.json`` and the orbax checkpoint of ``variables`` to ``directory``."""
-    directory = storage.path(directory)
-    if not storage.is_remote(directory):
-        directory = directory.resolve()
-    if directory.exists() and not overwrite:
-        raise FileExistsError(f"{directory} exists; pass overwrite=True (--overwrite) to replace it")
-    staging = directory.with_name(f".{directory.name}.staging")
-    if staging.exists():
-        staging.rmtree()  # a conversion interrupted earlier
-    staging.mkdir(parents=True)
-    storage.write_atomic(staging / MODEL_FILE, json.dumps(model_fields(model), indent=1))
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(staging / VARIABLES_DIR, jax.tree.map(np.asarray, nn.unbox(variables)))
-    checkpointer.wait_until_finished()
-    storage.mark_complete(staging)
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old")
-        if old.exists():
-            old.rmtree()
-        storage.move(directory, old)
-        storage.move(staging, directory)
-        old.rmtree()
-    else:
-        storage.move(staging, directory)
-    return directory
+    with storage.staged_directory(directory, overwrite) as staging:
+        storage.write_atomic(staging / MODEL_FILE, json.dumps(model_fields(model), indent=1))
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(staging / VARIABLES_DIR, jax.tree.map(np.asarray, nn.unbox(variables)))
+        checkpointer.wait_until_finished()
+    return storage.absolute(directory)
 
 
 def load_converted(directory: str | os.PathLike) -> tuple[UniFormerV2, dict]:
     """Reads what :func:`save_converted` wrote: ``(model, variables)`` as numpy arrays."""
-    directory = storage.path(directory)
-    if not storage.is_remote(directory):
-        directory = directory.resolve()
+    directory = storage.absolute(directory)
     spec = directory / MODEL_FILE
     if not spec.is_file():
         raise FileNotFoundError(f"{directory}: no {MODEL_FILE}; not a converted checkpoint")
     if not storage.is_complete(directory):
         raise FileNotFoundError(f"{directory}: no {storage.COMPLETE_MARKER} marker: the conversion "
                                 "that wrote it did not finish; convert again")
-    fields = json.loads(spec.read_text())
-    if "dtype" in fields:
-        fields["dtype"] = jnp.dtype(fields["dtype"])
-    model = model_from_fields(fields)
+    model = model_from_fields(json.loads(spec.read_text()))
     restored = ocp.StandardCheckpointer().restore(directory / VARIABLES_DIR)
     return model, jax.tree.map(np.asarray, restored)

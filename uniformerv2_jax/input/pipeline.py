@@ -37,12 +37,13 @@ def declared_side(frames: tf.Tensor, jpeg: tf.Tensor) -> tf.Tensor:
     return tf.map_fn(side, (frames, jpeg), fn_output_signature=tf.int64)
 
 
-def _checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: str
-                   ) -> tf.data.Dataset:
+def checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: str,
+                  require_label: bool = True) -> tf.data.Dataset:
     """Parses records into ``(clip, valid)``.
 
     A clip is bad when it has no frames, a frame that is not a whole JPEG or PNG or that
-    declares a side over ``MAX_FRAME_SIDE``, no label, or a label outside [0, num_classes).
+    declares a side over ``MAX_FRAME_SIDE``, no label (unless not ``require_label``), or a
+    label outside [0, num_classes).
     ``on_bad_record="skip"`` lets the caller drop and count them (records that do not
     parse at all are dropped here and counted by the caller from what never arrives; a
     shard's damaged framing arrives as empty records, see :func:`sources.shard_records`);
@@ -63,7 +64,7 @@ def _checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: 
         # broken file) would make the decoder allocate it.
         sane = tf.cond(whole, lambda: tf.reduce_all(declared_side(frames, jpeg) <= MAX_FRAME_SIDE),
                        lambda: tf.constant(False))
-        valid = whole & sane & (clip["label"] >= 0)
+        valid = whole & sane & ((clip["label"] >= 0) | (not require_label))
         if num_classes is not None:
             valid &= clip["label"] < num_classes
         if on_bad_record == "raise":
@@ -87,7 +88,7 @@ def decode_frames(images: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
 def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int,
                   clip_frames: int, crop_size: int,
                   seed: int, flip: bool = True, area: Sequence[float] = (0.08, 1.0),
-                  ratio: Sequence[float] = (3 / 4, 4 / 3), dense_stride: int | None = None,
+                  ratio: Sequence[float] = (3 / 4, 4 / 3), dense_stride: int = 0,
                   mean: Sequence[float] = transforms.UNIFORMERV2_MEAN,
                   std: Sequence[float] = transforms.UNIFORMERV2_STD,
                   shuffle_buffer: int = 1024, process_index: int | None = None,
@@ -113,7 +114,7 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
     position in the epoch). Every example carries ``epoch`` and ``position``; a run that
     consumed up to (e, p) resumes exactly with ``start=(e, p + 1)``, replaying only the
     reading and parsing of epoch e up to there. Bad records are handled as
-    ``on_bad_record`` says (see :func:`_checked_clips`); ``skipped`` counts those met so far
+    ``on_bad_record`` says (see :func:`checked_clips`); ``skipped`` counts those met so far
     in the example's epoch on this host.
     """
     mixing_on = mixup_alpha > 0 or cutmix_alpha > 0 or label_smoothing > 0
@@ -133,7 +134,7 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
     def epoch_examples(epoch):
         ds = sources.clips(source, process_index, process_count,
                            epoch_seed=tf.stack([seed, epoch]), shuffle_buffer=shuffle_buffer)
-        ds = _checked_clips(ds, num_classes, on_bad_record).scan(tf.constant(0, tf.int64), count_bad)
+        ds = checked_clips(ds, num_classes, on_bad_record).scan(tf.constant(0, tf.int64), count_bad)
         ds = ds.filter(lambda clip, valid, skipped: valid)
         ds = ds.flat_map(lambda clip, valid, skipped: tf.data.Dataset.from_tensors(
             (clip, skipped)).repeat(repeated_augment))
@@ -146,7 +147,7 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
         key = tf.random.experimental.stateless_fold_in(tf.stack([seed, epoch]), position)
         seeds = tf.random.experimental.stateless_split(key, 4)
         n = tf.shape(clip["frames"])[0]
-        if dense_stride is None:
+        if not dense_stride:
             indices = sampling.sparse_train_indices(n, clip_frames, seeds[0])
         else:
             offset = sampling.dense_train_offset(n, clip_frames, dense_stride, seeds[0])
@@ -211,7 +212,7 @@ def _with_missing_count(ds: tf.data.Dataset, records: int) -> tf.data.Dataset:
 
 def eval_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int,
                  clip_frames: int, crop_size: int,
-                 num_clips: int = 4, num_crops: int = 3, dense_stride: int | None = None,
+                 num_clips: int = 4, num_crops: int = 3, dense_stride: int = 0,
                  mean: Sequence[float] = transforms.UNIFORMERV2_MEAN,
                  std: Sequence[float] = transforms.UNIFORMERV2_STD,
                  process_index: int | None = None, process_count: int | None = None,
@@ -231,7 +232,7 @@ def eval_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int,
     if process_index is None or process_count is None:
         import jax
         process_index, process_count = jax.process_index(), jax.process_count()
-    ds = _checked_clips(sources.clips(source, process_index, process_count), num_classes,
+    ds = checked_clips(sources.clips(source, process_index, process_count), num_classes,
                         on_bad_record)
     num_views = num_clips * num_crops
     views = functools.partial(evaluation_views, clip_frames=clip_frames, crop_size=crop_size,
@@ -255,12 +256,12 @@ def eval_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int,
     if on_bad_record == "skip":
         records = sources.host_record_counts(source, process_count)[process_index]
         ds = _with_missing_count(ds.ignore_errors(log_warning=True), records)
-    return _pad_batches(ds, batch_size, num_batches).prefetch(AUTOTUNE)
+    return pad_batches(ds, batch_size, num_batches).prefetch(AUTOTUNE)
 
 
 def evaluation_views(num_frames: tf.Tensor, frames_at: Callable[[tf.Tensor], tf.Tensor], *,
                      clip_frames: int, crop_size: int, num_clips: int, num_crops: int,
-                     dense_stride: int | None = None,
+                     dense_stride: int = 0,
                      mean: Sequence[float] = transforms.UNIFORMERV2_MEAN,
                      std: Sequence[float] = transforms.UNIFORMERV2_STD) -> tf.Tensor:
     """The official test views of one video: (clips x crops, T, S, S, 3), clip-major.
@@ -269,7 +270,7 @@ def evaluation_views(num_frames: tf.Tensor, frames_at: Callable[[tf.Tensor], tf.
     """
     out = []
     for c in range(num_clips):
-        if dense_stride is None:
+        if not dense_stride:
             indices = sampling.sparse_test_indices(num_frames, clip_frames, c, num_clips)
         else:
             offsets = sampling.dense_test_offsets(num_frames, clip_frames, dense_stride, num_clips)
@@ -280,7 +281,7 @@ def evaluation_views(num_frames: tf.Tensor, frames_at: Callable[[tf.Tensor], tf.
     return transforms.normalize(tf.stack(out), mean, std)
 
 
-def _pad_batches(ds: tf.data.Dataset, batch_size: int, num_batches: int | None) -> tf.data.Dataset:
+def pad_batches(ds: tf.data.Dataset, batch_size: int, num_batches: int | None) -> tf.data.Dataset:
     """Batches of exactly ``batch_size``, the last filled with masked zero examples; with
     ``num_batches``, masked batches are added up to that count."""
     padding = tf.data.Dataset.from_tensors(

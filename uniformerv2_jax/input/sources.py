@@ -35,6 +35,21 @@ class TFDSSource:
     label_key: str = "label"
 
 
+def resolve(spec: str, field: str, tfds_data_dir: str = "") -> list[str] | TFDSSource:
+    """``tfds:NAME/SPLIT`` (prepared in ``tfds_data_dir``, default TFDS's) or
+    comma-separated globs of record shards (which must exist), local or ``gs://``;
+    ``field`` is the config field named in errors."""
+    if not spec:
+        raise ValueError(f"config.{field} is empty: give record shards (globs) or tfds:NAME/SPLIT")
+    if spec.startswith("tfds:"):
+        name, _, split = spec[5:].partition("/")
+        return TFDSSource(name, split or "train", tfds_data_dir or None)
+    files = storage.glob(spec)
+    if not files:
+        raise FileNotFoundError(f"config.{field}={spec!r}: no file matches this path")
+    return files
+
+
 def host_shard(files: Sequence[str], process_index: int, process_count: int
                ) -> tuple[list[str], bool]:
     """This host's files, and whether records must be split instead.

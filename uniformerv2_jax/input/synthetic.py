@@ -82,3 +82,21 @@ def write_dataset(root: str | os.PathLike, videos_per_class: int, seed: int = 0,
         for n in range(videos_per_class):
             write_video(folder / f"{n:05d}.mp4", render_clip(label, rng, frames, size), fps)
     return root
+
+
+def write_task(out: str | os.PathLike, train_per_class: int = 96, val_per_class: int = 24,
+               workers: int | None = None) -> list[str]:
+    """The task as videos (``out/videos/{train,val}``), their record shards
+    (``out/{train,val}-*``) and ``out/classes.txt``; returns a line per split."""
+    from uniformerv2_jax.input import writer
+
+    out = storage.path(out)
+    lines = []
+    for split, count, seed in (("train", train_per_class, 0), ("val", val_per_class, 1)):
+        videos = write_dataset(out / "videos" / split, count, seed=seed)
+        entries, _ = writer.folder_entries(videos, CLASSES)
+        report = writer.write_records(entries, out, split, num_shards=4, fps=16, short_side=64,
+                                      workers=workers)
+        lines.append(f"{split}: {report['videos']} videos, {report['failed']} failed -> {out}/{split}-*")
+    storage.write_atomic(out / "classes.txt", "\n".join(CLASSES) + "\n")
+    return lines

@@ -73,6 +73,24 @@ def read_video(path: str, fps: float = 10.0, short_side: int = 256,
     return np.stack([frames[i] for i in picks])
 
 
+def native_fps(path: str) -> float:
+    """The frame rate a local video file declares (30 when it declares none)."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        return float(stream.average_rate or stream.guessed_rate or 30.0)
+
+
+def read_video_file(path: str, short_side: int, fps: float | None = None
+                    ) -> tuple[np.ndarray, float]:
+    """:func:`read_video` of a local or remote file at ``fps`` (default: the file's own
+    rate) -> (frames (T, H, W, 3) uint8, the rate used)."""
+    with storage.local_copy(path) as local:  # one download for both reads
+        rate = fps or native_fps(local)
+        return read_video(local, rate, short_side), rate
+
+
 def read_frame_folder(path: str, short_side: int = 256) -> np.ndarray:
     """A folder of frame images (sorted by name) -> (T, H, W, 3) uint8, short side resized.
 
