@@ -173,9 +173,9 @@ def test_features_are_the_official_models_intermediates(golden, scan):
     n, t = video.shape[:2]
     for i in range(model.layers):  # official block outputs: (L, N*T, C), class token first
         tokens = data["block_outputs"][i].transpose(1, 0, 2).reshape(n, t, -1, model.width)
-        np.testing.assert_allclose(out[f"layer_{i}/cls"], tokens[:, :, 0], atol=5e-5)
-        np.testing.assert_allclose(out[f"layer_{i}/patches"], tokens[:, :, 1:], atol=5e-5)
-    for j, i in enumerate(model.return_list):
-        np.testing.assert_allclose(out[f"layer_{i}/query"], data["dec_outputs"][j], atol=5e-5)
-    np.testing.assert_allclose(out["head_input"], data["head_input"], atol=5e-5)
+        np.testing.assert_allclose(out[f"layer_{i}/cls"], tokens[:, :, 0], atol=2e-5)
+        np.testing.assert_allclose(out[f"layer_{i}/patches"], tokens[:, :, 1:], atol=2e-5)
+    for j, i in enumerate(model.return_list):  # measured: tokens 6.7e-6, queries 3.3e-6
+        np.testing.assert_allclose(out[f"layer_{i}/query"], data["dec_outputs"][j], atol=1e-5)
+    np.testing.assert_allclose(out["head_input"], data["head_input"], atol=1e-5)
     np.testing.assert_allclose(out["logits"], data["logits"], atol=1e-5)
