@@ -2,6 +2,10 @@
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
+# jemalloc, where installed (apt-get install libjemalloc2), for the CPU's train steps: tests
+# and benchmarks run under it; main.py demo/train/eval/features re-run themselves under it.
+# UNIFORMERV2_JEMALLOC=0 turns it off (uniformerv2_jax/cpu.py; README "CPU: jemalloc, ...").
+WITH_JEMALLOC := $(VENV)/bin/python -m uniformerv2_jax.cpu
 
 .PHONY: demo test bench parity
 
@@ -16,10 +20,10 @@ demo: $(STAMP)
 	$(VENV)/bin/python main.py demo
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q tests
+	$(WITH_JEMALLOC) $(VENV)/bin/python -m pytest -q tests
 
 bench: $(STAMP)
-	$(VENV)/bin/python benchmarks/forward_speed.py
+	$(WITH_JEMALLOC) $(VENV)/bin/python benchmarks/forward_speed.py
 
 parity: $(STAMP)
 	$(VENV)/bin/python main.py parity

@@ -8,7 +8,8 @@
   python main.py train --config=configs/kinetics.py:k400/b16_8x224 --workdir=runs/k400
       --config.init_from=clip:ViT-B-16.pt [--config.data.train='records/train-*'] ...
       Trains, or resumes from the newest checkpoint in --workdir. Any config field can be
-      set with --config.<field>=<value>. Multi-host: add --distributed.
+      set with --config.<field>=<value>. Multi-host: add --distributed. demo, train, eval and
+      features re-run themselves under jemalloc where installed (UNIFORMERV2_JEMALLOC=0: not).
   python main.py eval --workdir=runs/k400 [--checkpoint=best|latest|STEP] [--config=...]
       Multi-view evaluation of a training checkpoint: eval.json, confusion_matrix.png and
       learning_curve.png in the workdir.
@@ -72,11 +73,12 @@ import yaml
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from uniformerv2_jax import storage
+from uniformerv2_jax import cpu, storage
 
 ROOT = Path(__file__).resolve().parent
 COMMANDS = ("demo", "train", "eval", "predict", "export", "parity", "convert", "write_records",
             "make_synthetic", "check_records", "features")
+JEMALLOC_COMMANDS = ("demo", "train", "eval", "features")  # re-run under jemalloc (uniformerv2_jax/cpu.py)
 
 config_flags.DEFINE_config_file("config", None, "train/eval: configs/<exp>.py[:arg].",
                                 lock_config=True)
@@ -374,6 +376,8 @@ def parity() -> None:
 def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: main.py {{{'|'.join(COMMANDS)}}} [--flags]")
+    if argv[1] in JEMALLOC_COMMANDS:
+        cpu.reexec_with_jemalloc()  # returns where it is preloaded, switched off or missing
     if not FLAGS["verbosity"].present:  # orbax logs every step of a save at INFO
         logging.set_verbosity(logging.WARNING)
     {"demo": demo, "train": train_command, "eval": eval_command, "predict": predict_command,

@@ -1,13 +1,14 @@
 """Forward time per clip of UniFormerV2-B/16 8x224 on this machine's default backend.
 
-    python benchmarks/forward_speed.py [--batch 1] [--repeats 5]
+    python benchmarks/forward_speed.py [--batch 1] [--repeats 5] [--kernels auto]
 
 Prints three tables:
 1. per setting (K400: no local MHRA; SSv2-style: local MHRA x2) and compute dtype
    (float32; bfloat16 with float32 weights; bfloat16 with bfloat16-stored weights):
    compile time, seconds per clip, GFLOP per clip (XLA's count of the compiled
    program), achieved GFLOP/s, and for bfloat16 the largest logit deviation from float32;
-2. per component of one clip (one backbone layer, one global block, attention alone);
+2. per component of one clip (one backbone layer, one global block, attention alone;
+   ``benchmarks/kernels.py`` compares the attention and convolution forms);
 3. compile time of the L/14 forward, plain loop vs ``scan`` (abstract inputs, no memory).
 """
 
@@ -61,8 +62,6 @@ def components(repeats):
     row = [seconds(jax.jit(lambda x, d=d: attention(x, x, x, d)), (q,), repeats)
            for d in (jnp.float32, jnp.bfloat16)]
     print(f"{'  of which self-attention (softmax)':<38} {row[0] * 1e3:8.1f} {row[1] * 1e3:8.1f}")
-    row = seconds(jax.jit(lambda x: jax.nn.dot_product_attention(x, x, x)), (q,), repeats)
-    print(f"{'  jax.nn.dot_product_attention':<38} {row * 1e3:8.1f}")
 
 
 def compile_times():
@@ -93,10 +92,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--kernels", default="auto", help="UniFormerV2.kernels of the whole model")
     args = parser.parse_args()
 
     print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), "
-          f"batch {args.batch}, median of {args.repeats}")
+          f"batch {args.batch}, median of {args.repeats}, kernels={args.kernels}")
     header = (f"{'setting':<22} {'compute':<12} {'compile s':>9} {'s/clip':>8} "
               f"{'GFLOP/clip':>10} {'GFLOP/s':>8} {'max|dlogit|':>11}")
     print(header)
@@ -104,7 +104,7 @@ def main():
     rng = np.random.default_rng(0)
     video = rng.standard_normal((args.batch, 8, 224, 224, 3)).astype(np.float32)
     for name, fields in SETTINGS.items():
-        model = create_model("B/16", **fields)
+        model = create_model("B/16", kernels=args.kernels, **fields)
         variables = jax.jit(model.init)(jax.random.key(0), video[:1])
         # Perturb every variable (zero-initialised outputs too) so that every path is live.
         noise = jax.random.split(jax.random.key(1), len(jax.tree.leaves(variables)))

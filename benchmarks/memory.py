@@ -1,12 +1,20 @@
-"""Per-device memory of the compiled train step under FSDP, from XLA's own accounting.
+"""Per-device memory of the compiled train step, from XLA's own accounting.
 
     python benchmarks/memory.py [--fsdp 1 8 64] [--quick]
+    python benchmarks/memory.py --one-device
 
-Compile only: abstract state and batch (no arrays are allocated), one clip per device,
-bfloat16 compute, scanned layers, on simulated CPU devices. ``arguments`` is the sharded
-state plus the batch, ``temporaries`` the activations and workspace XLA plans for; the
-sum is what one chip holds during a step (XLA:TPU and XLA:GPU plan similarly, not
-identically).
+Compile only: abstract state and batch (no arrays are allocated). By default: under FSDP,
+one clip per device, bfloat16 compute, scanned layers, on simulated CPU devices.
+``arguments`` is the sharded state plus the batch, ``temporaries`` the activations and
+workspace XLA plans for; the sum is what one chip holds during a step (XLA:TPU and
+XLA:GPU plan similarly, not identically).
+
+``--one-device``: what ``model.remat`` saves in the real step on one device, B/16 8x224,
+batch 2, float32 (the K400 recipe): loop and ``scan``, without remat, with the remat
+``model.remat`` used before (``nn.remat``, whose recomputation XLA:CPU schedules into the
+forward pass: see ``layers.remat``) and with today's. Temporaries in bytes, and XLA's
+FLOPs of the step (the recomputed forward included; not given with ``scan``, whose loop
+body XLA counts once).
 """
 
 from __future__ import annotations
@@ -15,15 +23,18 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from unittest import mock
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=64"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from uniformerv2_jax import experiment as experiment_lib  # noqa: E402
-from uniformerv2_jax import sharding, train  # noqa: E402
+from uniformerv2_jax import model as model_lib  # noqa: E402
+from uniformerv2_jax import perf, sharding, train  # noqa: E402
 from uniformerv2_jax.config import Row, experiment  # noqa: E402
 
 CASES = [  # label, zoo row (only the architecture and frames matter here), remat
@@ -35,27 +46,65 @@ CASES = [  # label, zoo row (only the architecture and frames matter here), rema
 GIB = 2**30
 
 
-def step_memory(row: Row, remat: bool, fsdp: int) -> tuple[float, float]:
+def compiled_step(row: Row, remat: bool, fsdp: int, scan: bool = True, dtype: str = "bfloat16",
+                  batch_size: int | None = None) -> tuple[jax.stages.Compiled, model_lib.UniFormerV2]:
+    """The train step compiled for abstract inputs (default: one clip per device)."""
     config = experiment("k400", row)
-    config.model.scan, config.model.remat, config.model.dtype = True, remat, "bfloat16"
+    config.model.scan, config.model.remat, config.model.dtype = scan, remat, dtype
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 1, fsdp, 1
-    config.batch_size = fsdp  # one clip per device
+    config.batch_size = batch_size or fsdp
     exp = experiment_lib.build(config, 1, jax.devices()[:fsdp])
     m, batch_sharding = exp.model, sharding.batch_sharding(exp.mesh)
-    batch = {"video": jax.ShapeDtypeStruct((fsdp, m.t_size, m.input_resolution, m.input_resolution, 3),
+    n = config.batch_size
+    batch = {"video": jax.ShapeDtypeStruct((n, m.t_size, m.input_resolution, m.input_resolution, 3),
                                            jnp.float32, sharding=batch_sharding),
-             "label": jax.ShapeDtypeStruct((fsdp,), jnp.int32, sharding=batch_sharding)}
-    with sharding.activate(exp.mesh, exp.rules):
-        compiled = train.jit_train_step(exp).lower(exp.abstract_state, batch).compile()
-    m = compiled.memory_analysis()
+             "label": jax.ShapeDtypeStruct((n,), jnp.int32, sharding=batch_sharding)}
+    return train.compile_train_step(exp, batch), m
+
+
+def step_memory(row: Row, remat: bool, fsdp: int) -> tuple[float, float]:
+    m = compiled_step(row, remat, fsdp)[0].memory_analysis()
     return m.argument_size_in_bytes / GIB, m.temp_size_in_bytes / GIB
+
+
+def flax_remat(module_class, static_argnums):
+    """What ``model.remat`` used before for the loop: ``nn.remat`` with its CSE barrier."""
+    return nn.remat(module_class, prevent_cse=True, static_argnums=static_argnums)
+
+
+def one_device() -> None:
+    """Temporaries of the B/16 8x224 batch-2 float32 step on one device, remat off and on."""
+    row = CASES[0][1]
+    cases = [("loop", False, False, "no"), ("loop", True, True, "`nn.remat` (before)"),
+             ("loop", False, True, "`layers.remat` (now)"), ("scan", False, False, "no"),
+             ("scan", False, True, "`nn.remat` in `nn.scan`")]
+    print(f"jax {jax.__version__}, one {jax.devices()[0].device_kind} device; B/16 8x224, batch 2, "
+          "float32, the K400 recipe; XLA's plan of the compiled train step\n")
+    print("| layers | remat | temporaries (bytes) | GiB | vs no remat | arguments GiB | GFLOP/step |")
+    print("|---|---|---|---|---|---|---|")
+    baseline = {}
+    for layers, old, remat, label in cases:
+        scan = layers == "scan"
+        with mock.patch.object(model_lib, "remat", flax_remat if old else model_lib.remat):
+            compiled, model = compiled_step(row, remat, 1, scan=scan, dtype="float32", batch_size=2)
+        m = compiled.memory_analysis()
+        temp = m.temp_size_in_bytes
+        baseline.setdefault(layers, temp)
+        flops = perf.step_flops(compiled, model)
+        print(f"| {layers} | {label} | {temp:,} | {temp / GIB:.2f} | {temp / baseline[layers]:.2f}x | "
+              f"{m.argument_size_in_bytes / GIB:.2f} | {f'{flops / 1e9:,.0f}' if flops else 'n/a'} |",
+              flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--fsdp", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--quick", action="store_true", help="B/16 only")
+    parser.add_argument("--one-device", action="store_true",
+                        help="remat's saving in the B/16 float32 batch-2 step on one device")
     args = parser.parse_args()
+    if args.one_device:
+        return one_device()
     cases = CASES[:1] if args.quick else CASES
     print(f"jax {jax.__version__}, {jax.device_count()} simulated devices; GiB per device, "
           "one clip per device, bfloat16 compute, float32 parameters and AdamW state\n")

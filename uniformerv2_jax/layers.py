@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 import einops
 import flax.linen as nn
+from flax.core import lift
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -162,13 +163,18 @@ class MLP(nn.Module):
                      kernel_init=out_init, name="c_proj")(h)
 
 
-def attention(q: Array, k: Array, v: Array, dtype: Dtype) -> Array:
+def attention(q: Array, k: Array, v: Array, dtype: Dtype, kernel: str = "matmul") -> Array:
     """softmax(q k^T / sqrt(head_dim)) v: q (B, Lq, H, D), k and v (B, Lk, H, D) -> (B, Lq, H, D).
 
-    Written as two batched matmuls over B*H with float32 logits and softmax: on XLA's CPU
-    backend this runs 2.5-3x faster than ``jax.nn.dot_product_attention`` (measured in
-    ``benchmarks/``), and it is what that function lowers to elsewhere anyway.
+    ``kernel`` "matmul": two batched matmuls over B*H with float32 logits and softmax; on
+    XLA's CPU backend faster than ``jax.nn.dot_product_attention`` (``benchmarks/kernels.py``)
+    and what its XLA form lowers to elsewhere anyway.
+    "xla" and "cudnn": ``jax.nn.dot_product_attention`` with that implementation, on
+    q, k, v in ``dtype`` (float32 softmax in both; the result is in ``dtype``).
     """
+    if kernel != "matmul":
+        q, k, v = (x.astype(dtype) for x in (q, k, v))
+        return jax.nn.dot_product_attention(q, k, v, implementation=kernel)
     b, lq, h, d = q.shape
 
     def heads_first(x):  # (B, L, H, D) -> (B*H, L, D)
@@ -189,13 +195,15 @@ class Attention(nn.Module):
     ``(heads, head_dim, C)``. Self-attention uses one fused matmul; cross-attention
     projects the query with slice 0 and the keys/values with slices 1 and 2, exactly as
     the official Extractor does. ``query_dtype`` sets the dtype of the query-side
-    projections (q and out) when they differ from the key side's.
+    projections (q and out) when they differ from the key side's. ``implementation`` is
+    :func:`attention`'s ``kernel``.
     """
 
     num_heads: int
     dtype: Dtype = jnp.float32
     zero_init_out: bool = False
     query_dtype: Dtype | None = None
+    implementation: str = "matmul"
 
     @nn.compact
     def __call__(self, x: Array, context: Array | None = None) -> Array:
@@ -222,7 +230,7 @@ class Attention(nn.Module):
         else:
             q = matmul(x, in_kernel[:, 0], query_dtype) + in_bias[0]
             k, v = jnp.moveaxis(matmul(context, in_kernel[:, 1:], self.dtype) + in_bias[1:], -3, 0)
-        out = attention(q, k, v, self.dtype)
+        out = attention(q, k, v, self.dtype, self.implementation)
         out_init = zeros if self.zero_init_out else xavier_uniform(in_axis=(0, 1), out_axis=2)
         out_kernel = self.param(
             "out_proj_kernel",
@@ -238,15 +246,18 @@ class Attention(nn.Module):
 class DepthwiseConv3D(nn.Module):
     """Depthwise 3D convolution over ``(N, T, H, W, C)`` with 'same' zero padding.
 
-    Written as a sum of shifted, per-channel scaled copies: for the small kernels used
-    here ((3, 1, 1) in the local MHRA, (3, 3, 3) in the DPE) XLA fuses it into one loop,
-    over 100x faster than its grouped convolution on CPU, and identical in value. It
-    runs in float32 whatever the compute dtype: it is memory-bound, and bfloat16 copies
-    of the shifted windows would only add traffic. Kernel layout ``(kt, kh, kw, C)``.
+    ``implementation`` "shifted": a sum of shifted, per-channel scaled copies; for the
+    small kernels used here ((3, 1, 1) in the local MHRA, (3, 3, 3) in the DPE) XLA fuses
+    it into one loop, much faster on CPU than its grouped convolution
+    (``benchmarks/kernels.py``). "grouped": ``lax.conv_general_dilated`` with one group
+    per channel, at full float32 precision. The same numbers either way. It runs in
+    float32 whatever the compute dtype: it is memory-bound, and bfloat16 copies of the
+    shifted windows would only add traffic. Kernel layout ``(kt, kh, kw, C)``.
     """
 
     kernel_size: Sequence[int]
     axis_name: str = "embed"
+    implementation: str = "shifted"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -260,9 +271,16 @@ class DepthwiseConv3D(nn.Module):
         )
         bias = self.param(
             "bias", nn.with_logical_partitioning(zeros, (self.axis_name,)), (channels,))
-        _, t, h, w, _ = x.shape
         pad = ((0, 0), (kt // 2, kt // 2), (kh // 2, kh // 2), (kw // 2, kw // 2), (0, 0))
-        padded = jnp.pad(x.astype(jnp.float32), pad)
+        x = x.astype(jnp.float32)
+        if self.implementation == "grouped":
+            out = lax.conv_general_dilated(
+                x, kernel[..., None, :], (1, 1, 1), pad[1:4],
+                dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), feature_group_count=channels,
+                precision=lax.Precision.HIGHEST)
+            return out + bias
+        _, t, h, w, _ = x.shape
+        padded = jnp.pad(x, pad)
         out = jnp.zeros(x.shape, jnp.float32)
         for i in range(kt):
             for j in range(kh):
@@ -290,3 +308,73 @@ def drop(module: nn.Module, x: Array, rate: float | Array, train: bool,
 def drop_path(module: nn.Module, x: Array, rate: float | Array, train: bool) -> Array:
     """Stochastic depth on a residual branch ``x`` (B, ...): one coin per sample."""
     return drop(module, x, rate, train, broadcast_dims=tuple(range(1, x.ndim)))
+
+
+def _after(tree: Any, cotangent: Any) -> Any:
+    """``tree``'s values, computed from ``cotangent``: each floating leaf plus a zero that
+    only exists once ``cotangent`` does, ``0 * (its first element > 0)`` (finite whatever the
+    cotangent; XLA never folds a floating-point product with zero, as NaN * 0 is NaN)."""
+    first = next((x for x in jax.tree.leaves(cotangent)
+                  if jnp.issubdtype(jnp.result_type(x), jnp.floating) and jnp.size(x)), None)
+    if first is None:
+        return tree
+    zero = (jnp.ravel(first)[0] > 0).astype(jnp.float32) * 0.0
+    return jax.tree.map(lambda x: x + zero.astype(jnp.result_type(x))
+                        if jnp.issubdtype(jnp.result_type(x), jnp.floating) else x, tree)
+
+
+def _lifted_remat(fn: Callable, static_argnums: Sequence[int] = ()) -> Callable:
+    """``flax.core.lift.checkpoint`` with the recomputation made to wait for the cotangent
+    (see :func:`remat`)."""
+
+    def inner(scope_fn, repack_fn, variable_groups, rng_groups, *args):
+        static = {i: args[i] for i in static_argnums}
+        dynamic = [a for i, a in enumerate(args) if i not in static]
+
+        def body(variable_groups, rng_groups, *dynamic):
+            values = iter(dynamic)
+            scope = scope_fn(variable_groups, rng_groups)
+            y = fn(scope, *[static[i] if i in static else next(values) for i in range(len(args))])
+            return y, repack_fn(scope)
+
+        # Traced once, as jax.checkpoint does: Flax's RNG counters advance once, so the
+        # recomputation draws the forward's dropout masks.
+        pure, consts = jax.closure_convert(body, variable_groups, rng_groups, *dynamic)
+        tied = slice(2, 2 + len(dynamic))  # the module's arguments, not its variables
+
+        @jax.custom_vjp
+        def run(*inputs):
+            return pure(*inputs)
+
+        def forward(*inputs):
+            return pure(*inputs), inputs  # saves the inputs only
+
+        def backward(inputs, cotangent):
+            inputs = list(inputs)
+            inputs[tied] = _after(inputs[tied], cotangent)
+            return jax.vjp(pure, *inputs)[1](cotangent)
+
+        run.defvjp(forward, backward)
+        return run(variable_groups, rng_groups, *dynamic, *consts)
+
+    return lift.pack(inner, (True,), (True,), (True,), name="remat")
+
+
+def remat(module_class: type[nn.Module], static_argnums: Sequence[int] = ()) -> type[nn.Module]:
+    """``nn.remat(module_class, static_argnums=...)`` (``self`` is argument 0) that saves
+    memory on every backend: the backward pass recomputes the module from its saved
+    arguments, and nothing else is kept from the forward.
+
+    ``nn.remat`` (``jax.checkpoint``) keeps its recomputation apart from the forward with an
+    optimization barrier over the saved values and the cotangent, but XLA:CPU removes
+    optimization barriers before it schedules (``OptimizationBarrierExpander`` right after
+    ``HloCSE``, XLA's ``cpu_compiler.cc``), and its scheduler then runs each layer's
+    recomputation right after that layer's forward: every recomputed activation lives
+    until the backward, and remat costs a forward and saves nothing (B/16 8x224 batch 2:
+    the same 5.28 GB of temporaries). Here the recomputation reads its arguments through
+    :func:`_after`, a real data dependence on the cotangent that no backend can schedule
+    ahead of the backward pass nor merge with the forward. A custom VJP: forward-mode
+    differentiation (``jax.jvp``) of the wrapped module is not supported.
+    """
+    return nn.transforms.lift_transform(_lifted_remat, module_class,
+                                        static_argnums=tuple(i - 1 for i in static_argnums))

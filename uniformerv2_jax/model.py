@@ -10,13 +10,14 @@ Reads like the paper's figure, top to bottom:
 * the fusion of the query with the mean class token, and the head.
 
 The fields of :class:`UniFormerV2` are the official constructor arguments (same names),
-plus implementation switches (``dtype``, ``scan``, ``remat``). Input is channels-last
-``(N, T, H, W, 3)``; the backbone stream is kept as ``(N, T, L, C)`` with ``L = 1 + h*w``
-(class token first). The sown intermediates are listed in :class:`UniFormerV2`.
+plus implementation switches (``dtype``, ``scan``, ``remat``, ``kernels``). Input is
+channels-last ``(N, T, H, W, 3)``; the backbone stream is kept as ``(N, T, L, C)`` with
+``L = 1 + h*w`` (class token first). The sown intermediates are listed in :class:`UniFormerV2`.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any, NamedTuple, Sequence
 
 import einops
@@ -25,9 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uniformerv2_jax.layers import (MLP, Attention, BatchNorm, Dense, DepthwiseConv3D, Dtype,
-                                    add_to_patches, drop, drop_path, layer_norm,
-                                    torch_default_uniform, zeros)
+from uniformerv2_jax.kernels import Kernels, choose_kernels, parse_kernels
+from uniformerv2_jax.layers import (MLP, Attention, BatchNorm, Dense, DepthwiseConv3D, Dtype, add_to_patches,
+                                    drop, drop_path, layer_norm, remat, torch_default_uniform, zeros)
 
 Array = jax.Array
 
@@ -41,6 +42,7 @@ class LocalMHRA(nn.Module):
 
     reduced: int
     dtype: Dtype = jnp.float32
+    conv: str = "shifted"  # DepthwiseConv3D.implementation
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
@@ -49,7 +51,7 @@ class LocalMHRA(nn.Module):
         x = Dense((self.reduced,), ("embed", "reduced"), self.dtype,
                   kernel_init=torch_default_uniform(channels),
                   bias_init=torch_default_uniform(channels), name="conv_in")(x)
-        x = DepthwiseConv3D((3, 1, 1), axis_name="reduced", name="conv_dw")(x)
+        x = DepthwiseConv3D((3, 1, 1), axis_name="reduced", implementation=self.conv, name="conv_dw")(x)
         return Dense((channels,), ("reduced", "embed"), self.dtype,
                      kernel_init=zeros, name="conv_out")(x)
 
@@ -65,10 +67,11 @@ class LocalUniBlock(nn.Module):
     double_lmhra: bool
     dw_reduction: float
     dtype: Dtype = jnp.float32
+    kernels: Kernels = Kernels()  # the attention and depthwise-conv forms (kernels.choose_kernels)
 
     def local(self, x: Array, name: str, rate, train: bool) -> Array:
         reduced = int(x.shape[-1] // self.dw_reduction)
-        mhra = LocalMHRA(reduced=reduced, dtype=self.dtype, name=name)
+        mhra = LocalMHRA(reduced=reduced, dtype=self.dtype, conv=self.kernels.conv, name=name)
         return add_to_patches(x, lambda v: drop_path(self, mhra(v, train), rate, train))
 
     @nn.compact
@@ -78,7 +81,7 @@ class LocalUniBlock(nn.Module):
         if self.lmhra:
             x = self.local(x, "lmhra1", drop_path_rate, train)
         y = einops.rearrange(layer_norm("ln_1")(x), "n t l c -> (n t) l c")
-        y = Attention(num_heads=self.num_heads, dtype=self.dtype, name="attn")(y)
+        y = Attention(self.num_heads, self.dtype, implementation=self.kernels.attention, name="attn")(y)
         y = einops.rearrange(y, "(n t) l c -> n t l c", n=n)
         x = x + drop_path(self, y, drop_path_rate, train)
         if self.lmhra and self.double_lmhra:
@@ -94,20 +97,21 @@ class GlobalUniBlock(nn.Module):
     conv) is added to the patch tokens of this block's copy of the layer output; the
     backbone stream itself is never changed. Keys are frame-major and include each
     frame's class token. Output projections are zero-initialised: a new block is the
-    identity on the query.
+    identity on the query. Its cross-attention (one query token) is always two matmuls.
     """
 
     num_heads: int
     mlp_factor: float
     dtype: Dtype = jnp.float32
     dpe: bool = True
+    conv: str = "shifted"  # the DPE's DepthwiseConv3D.implementation
 
     @nn.compact
     def __call__(self, query: Array, tokens: Array, drop_path_rate=0.0,
                  mlp_dropout=0.0, train: bool = False) -> Array:
         c = tokens.shape[-1]
         if self.dpe:
-            tokens = add_to_patches(tokens, DepthwiseConv3D((3, 3, 3), name="dpe"))
+            tokens = add_to_patches(tokens, DepthwiseConv3D((3, 3, 3), implementation=self.conv, name="dpe"))
         tokens = nn.with_logical_constraint(
             einops.rearrange(tokens, "n t l c -> n (t l) c"), ("batch", "tokens", "embed"))
         # Query-side matmuls see one token per clip: float32 costs nothing there, while
@@ -146,6 +150,7 @@ class UniLayer(nn.Module):
     frozen: bool
     dpe: bool
     dtype: Dtype = jnp.float32
+    kernels: Kernels = Kernels()
     # Which rates are non-zero anywhere in the run (bools): under nn.scan rates are
     # traced, and a rate that is zero in every layer is dropped statically (no RNG, no masks).
     active: LayerRates = LayerRates(True, True, True)
@@ -155,15 +160,15 @@ class UniLayer(nn.Module):
                  train: bool = False) -> tuple[tuple[Array, Array], None]:
         x, query = carry
         rates = LayerRates(*(rate if on else 0.0 for rate, on in zip(rates, self.active)))
-        block = LocalUniBlock(num_heads=self.num_heads, lmhra=self.lmhra, double_lmhra=self.double_lmhra,
-                              dw_reduction=self.dw_reduction, dtype=self.dtype, name="block")
+        block = LocalUniBlock(self.num_heads, self.lmhra, self.double_lmhra, self.dw_reduction, self.dtype,
+                              self.kernels, name="block")
         x = block(x, rates.backbone_drop_path, train)
         self.sow("intermediates", "block_out", x)
         if self.tapped:
             # A frozen backbone gets no gradient (the official recipe freezes it).
             tokens = jax.lax.stop_gradient(x) if self.frozen else x
             block = GlobalUniBlock(num_heads=self.global_heads, mlp_factor=self.mlp_factor,
-                                   dtype=self.dtype, dpe=self.dpe, name="global")
+                                   dtype=self.dtype, dpe=self.dpe, conv=self.kernels.conv, name="global")
             query = block(query, tokens, rates.global_drop_path, rates.global_mlp_dropout, train)
             self.sow("intermediates", "query", query)
         return (x, query), None
@@ -175,14 +180,8 @@ def layer_runs(layers: int, return_list: Sequence[int]) -> list[tuple[int, int, 
     Each run is one ``nn.scan``: layers without a global block, or layers that all have one
     (the official configs tap the last n_layers layers, giving two runs).
     """
-    runs: list[tuple[int, int, bool]] = []
-    for i in range(layers):
-        tapped = i in return_list
-        if runs and runs[-1][2] == tapped:
-            runs[-1] = (runs[-1][0], i + 1, tapped)
-        else:
-            runs.append((i, i + 1, tapped))
-    return runs
+    groups = itertools.groupby(range(layers), key=lambda i: i in return_list)
+    return [(run[0], run[-1] + 1, tapped) for tapped, run in ((t, list(g)) for t, g in groups)]
 
 
 def layer_layout(model: "UniFormerV2", tree: dict, stacked: bool) -> dict:
@@ -231,13 +230,13 @@ def validate_fields(m: "UniFormerV2") -> None:
             fail("t_size", "must be even with temporal_downsample (stride 2 in time)")
     if int(m.width // m.dw_reduction) < 1:
         fail("dw_reduction", f"leaves no channels of width={m.width}")
-    for field in ("backbone_drop_path_rate", "drop_path_rate", "cls_dropout"):
-        if not 0.0 <= getattr(m, field) < 1.0:
+    rates = {f: [getattr(m, f)] for f in ("backbone_drop_path_rate", "drop_path_rate", "cls_dropout")}
+    for field, values in {**rates, "mlp_dropout": m.mlp_dropouts}.items():
+        if any(not 0.0 <= r < 1.0 for r in values):
             fail(field, "must be in [0, 1)")
-    if any(not 0.0 <= r < 1.0 for r in m.mlp_dropouts):
-        fail("mlp_dropout", "rates must be in [0, 1)")
     if m.num_classes < 1:
         fail("num_classes", "must be positive")
+    parse_kernels(m.kernels)  # raises naming UniFormerV2.kernels
 
 
 class UniFormerV2(nn.Module):
@@ -289,6 +288,7 @@ class UniFormerV2(nn.Module):
     dtype: Any = jnp.float32  # compute dtype; parameters and accumulation stay float32
     scan: bool = False  # nn.scan over runs of identical layers: compile time O(1) in depth
     remat: bool = False  # rematerialise each layer in the backward pass
+    kernels: str = "auto"  # attention and depthwise-conv forms: see kernels.choose_kernels
 
     def __post_init__(self):
         validate_fields(self)
@@ -351,8 +351,8 @@ class UniFormerV2(nn.Module):
                    **scan_kwargs) -> nn.Module:
         """The UniLayer module for layers with ``rates`` (scanned over them when ``scan_kwargs``)."""
         cls = UniLayer
-        if self.remat:
-            cls = nn.remat(cls, prevent_cse=not scan_kwargs, static_argnums=(3,))
+        if self.remat:  # scanned: recomputed in its loop iteration; unrolled: see layers.remat
+            cls = nn.remat(cls, prevent_cse=False, static_argnums=(3,)) if scan_kwargs else remat(cls, (3,))
         if scan_kwargs:
             cls = nn.scan(cls, variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
                           split_rngs={"params": True, "dropout": True}, in_axes=(0, nn.broadcast),
@@ -361,7 +361,8 @@ class UniFormerV2(nn.Module):
         return cls(num_heads=self.heads, lmhra=not self.no_lmhra, double_lmhra=self.double_lmhra,
                    dw_reduction=self.dw_reduction, tapped=tapped, global_heads=self.n_head,
                    mlp_factor=self.mlp_factor, frozen=self.frozen, dpe=self.dpe, dtype=self.dtype,
-                   active=active, name=name)
+                   active=active, name=name,
+                   kernels=choose_kernels(self.kernels, self.dtype, self.width // self.heads))
 
     @nn.compact
     def __call__(self, video: Array, train: bool = False) -> Array:

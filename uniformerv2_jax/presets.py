@@ -44,7 +44,7 @@ IGNORED_OFFICIAL_ARGS = ("output_dim", "use_checkpoint", "checkpoint_num")
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(UniFormerV2)
                      if f.name not in ("parent", "name"))
 # Fields that choose how the model computes, not what: no official counterpart.
-IMPLEMENTATION_FIELDS = ("dtype", "scan", "remat")
+IMPLEMENTATION_FIELDS = ("dtype", "scan", "remat", "kernels")
 # Compute dtypes by name (``model_fields`` writes the name, ``model_from_fields`` reads it).
 DTYPES = ("float32", "bfloat16", "float16")
 
