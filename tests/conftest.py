@@ -25,13 +25,11 @@ def golden() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_a_config(tmp_path_factory) -> Path:
-    """tiny_a's constructor arguments as an official JSON config: the fixture generator
-    also records the clip length as ``frames`` (beside ``t_size``), which is no official
-    argument."""
-    args = json.loads((FIXTURES / "tiny_a.json").read_text())
-    args.pop("frames", None)
+    """tiny_a's official constructor arguments as a JSON config file."""
+    from uniformerv2_jax.demo import tiny_a_args
+
     path = tmp_path_factory.mktemp("fixture_config") / "tiny_a.json"
-    path.write_text(json.dumps(args))
+    path.write_text(json.dumps(tiny_a_args(FIXTURES)))
     return path
 
 

@@ -51,6 +51,14 @@ def run(get_config: Callable[[str], ml_collections.ConfigDict], data: Path,
     return rows
 
 
+def tiny_a_args(fixtures: Path) -> dict[str, Any]:
+    """tiny_a's official constructor arguments: the fixture generator also records the
+    clip length as ``frames`` (beside ``t_size``), which is no official argument."""
+    args = json.loads((fixtures / "tiny_a.json").read_text())
+    args.pop("frames", None)
+    return args
+
+
 def parity(fixtures: Path, workdir: storage.epath.Path) -> float:
     """Prints tiny_a's logits, ours after an orbax round trip and the official ones;
     returns the largest difference."""
@@ -61,9 +69,7 @@ def parity(fixtures: Path, workdir: storage.epath.Path) -> float:
     from uniformerv2_jax.convert.saved import load_converted, save_converted
 
     jax.config.update("jax_default_matmul_precision", "highest")
-    args = json.loads((fixtures / "tiny_a.json").read_text())
-    args.pop("frames")  # the fixture generator's record of t_size, not an official argument
-    model, variables = from_official(fixtures / "tiny_a.safetensors", **args)
+    model, variables = from_official(fixtures / "tiny_a.safetensors", **tiny_a_args(fixtures))
     print(f"converted data/fixtures/tiny_a.safetensors: {param_count(variables):,} parameters")
     saved = save_converted(workdir / "tiny_a", model, variables, overwrite=True)
     model, variables = load_converted(saved)

@@ -267,13 +267,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         while step < exp.total_steps:
             # PROFILE: a trace while the step about to run is in config.profile_steps.
             meter.exclude(profiler.follow(due(step + 1, window=profile), state))
-            # INPUT: the wait for the next batch, until it is on the devices.
+            # INPUT: the host's wait for the next batch. The transfer to the devices is not
+            # waited for: blocking on it would stop the next step's dispatch until this one ends.
             waiting = time.perf_counter()
             local = next(batches)
-            fields = ("video", "label", "targets") if "targets" in local else ("video", "label")
-            batch = jax.block_until_ready(
-                sharding.global_batch({k: local[k] for k in fields}, exp.mesh))
             input_wait = time.perf_counter() - waiting
+            fields = ("video", "label", "targets") if "targets" in local else ("video", "label")
+            batch = sharding.global_batch({k: local[k] for k in fields}, exp.mesh)
             if step_fn is None:
                 compiling = time.perf_counter()
                 step_fn = compile_train_step(exp, batch)
