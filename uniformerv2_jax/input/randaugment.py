@@ -157,8 +157,8 @@ def _smooth(clip: tf.Tensor) -> tf.Tensor:
 
     total = tf.zeros([], tf.float32) + row(1) + row(0) + row(-1)
     smooth = tf.cast(tf.clip_by_value(total + 0.5, 0.0, 255.0), tf.uint8)
-    y, x = tf.range(h)[:, None], tf.range(w)[None]
-    interior = (y > 0) & (y < h - 1) & (x > 0) & (x < w - 1)
+    rows, columns = tf.range(h)[:, None], tf.range(w)[None]
+    interior = (rows > 0) & (rows < h - 1) & (columns > 0) & (columns < w - 1)
     return tf.where(interior[None, :, :, None], smooth, clip)
 
 
