@@ -1,36 +1,40 @@
-"""Input pipeline throughput on this host, beside the B/16 forward's.
+"""Input pipeline throughput per CPU core, today's pipeline beside an earlier one.
 
-    python benchmarks/input_speed.py [--videos 32] [--seconds 20]
+    python benchmarks/input_speed.py [--cores 1] [--videos 32] [--seconds 10] [--rounds 2]
+                                     [--baseline REVISION] [--gcs]
 
 Writes Kinetics-like records (10 fps, 10 s, short side 256, 256x340 JPEG frames) to a
-temporary folder, then prints clips per second for: training clips (sparse sampling,
-random resized crop, flip, RandAugment rand-m7-n4-mstd0.5-inc1) at 8x224 and 16x224, and
-eval videos (4 clips x 3 crops = 12 views each) at 8x224; and the UniFormerV2-B/16 8x224
-float32 forward (batch 1) for comparison. The goal: the pipeline feeds clips at least 2x
-faster than the model consumes them on the same host.
-
-The 8x224 training row is measured twice more with the same shards read from ``gs://``
-through the local GCS emulator of ``tests/gcs_emulator.py`` (TensorFlow's real GCS client,
-TLS, an in-memory fake-gcs-server on loopback): the cost of the GCS code path on this
-host's CPU, not a figure for a real bucket's network.
+temporary folder and pins this process to ``--cores`` CPUs. Training clips (sparse
+sampling, random resized crop, flip, RandAugment rand-m7-n4-mstd0.5-inc1) at 8x224 and
+16x224 are measured with this checkout's pipeline and with the pipeline of git
+``--baseline`` (default: the commit before the per-core speed-up, imported from git into
+a temporary package), alternating in ``--rounds`` rounds in this one process; each row is
+the best round, divided by the cores. Then eval videos (4 clips x 3 crops = 12 views
+each) at 8x224, and with ``--gcs`` the 8x224 training row again with the shards read from
+``gs://`` through the local GCS emulator of ``tests/gcs_emulator.py`` (TensorFlow's real
+GCS client, TLS, an in-memory fake-gcs-server on loopback): the cost of the GCS code
+path on this host's CPU, not a figure for a real bucket's network.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from uniformerv2_jax import create_model  # noqa: E402
 from uniformerv2_jax.input import pipeline, records  # noqa: E402
+
+BASELINE = "9701b28c7bbe030938a8d01bc857505f501c8823"  # decode, then crop; float RandAugment
+RANDAUGMENT = "rand-m7-n4-mstd0.5-inc1"
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 def write_kinetics_like(directory: str, videos: int, frames: int = 100) -> list[str]:
@@ -49,9 +53,24 @@ def write_kinetics_like(directory: str, videos: int, frames: int = 100) -> list[
     return paths
 
 
+def baseline_pipeline(revision: str, directory: str):
+    """``uniformerv2_jax/input`` as of git ``revision``, imported as package ``baseline_input``."""
+    package = os.path.join(directory, "baseline_input")
+    os.makedirs(package)
+    for name in ("__init__", "mixing", "pipeline", "randaugment", "records", "sampling", "sources",
+                 "transforms"):
+        source = subprocess.run(["git", "-C", ROOT, "show", f"{revision}:uniformerv2_jax/input/{name}.py"],
+                                capture_output=True, text=True, check=True).stdout
+        with open(os.path.join(package, f"{name}.py"), "w") as f:
+            f.write(source.replace("from uniformerv2_jax.input import", "from baseline_input import"))
+    sys.path.insert(0, directory)
+    from baseline_input import pipeline as old
+    return old
+
+
 def clips_per_second(ds, clips_per_batch: int, seconds: float) -> float:
     iterator = iter(ds)
-    next(iterator)  # warm-up: graph building, first file opens
+    next(iterator)  # warm-up: graph building, XLA compilation, first file opens
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         next(iterator)
@@ -59,64 +78,78 @@ def clips_per_second(ds, clips_per_batch: int, seconds: float) -> float:
     return count / (time.perf_counter() - start)
 
 
-def train_clips(files, frames: int = 8):
-    return pipeline.train_dataset(files, batch_size=8, clip_frames=frames, crop_size=224, seed=0,
-                                  randaugment_spec="rand-m7-n4-mstd0.5-inc1", shuffle_buffer=64)
+def train_clips(module, files, frames: int = 8, randaugment_spec: str | None = RANDAUGMENT):
+    return module.train_dataset(files, batch_size=8, clip_frames=frames, crop_size=224, seed=0,
+                                randaugment_spec=randaugment_spec, shuffle_buffer=64,
+                                process_index=0, process_count=1)
 
 
-def gcs_row(files: list[str], seconds: float) -> tuple[str, float]:
-    """The 8x224 training row with the shards in a bucket of the local GCS emulator."""
-    name = "train clips 8x224, shards on gs:// (emulator)"
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-    try:
-        from gcs_emulator import GcsEmulator
-    except ImportError as e:  # the test extra is not installed
-        print(f"skipping the gs:// row: {e}")
-        return name, float("nan")
+def same_stream(old, files) -> str:
+    """How the two pipelines' first batches compare: the same clips; their pixels."""
+    notes = []
+    for spec in (None, RANDAUGMENT):
+        a, b = (next(iter(train_clips(m, files, 8, spec))) for m in (old, pipeline))
+        assert all(np.array_equal(a[k], b[k]) for k in ("label", "epoch", "position"))
+        difference = np.abs(a["video"].numpy() - b["video"].numpy()) * 0.225 * 255  # in pixel levels
+        notes.append(f"{'with' if spec else 'without'} RandAugment: " + (
+            "identical pixels" if not difference.any() else
+            f"pixels differ by {difference.mean():.2f} levels on average"))
+    return "; ".join(notes)
+
+
+def gcs_rate(files: list[str], seconds: float) -> float:
+    """The 8x224 training rate with the shards in a bucket of the local GCS emulator."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from gcs_emulator import GcsEmulator
     with GcsEmulator(buckets=["bench"]) as gcs, gcs.activated():
         remote = []
         for path in files:
             remote.append(f"gs://bench/{os.path.basename(path)}")
             tf.io.gfile.copy(path, remote[-1])
-        return name, clips_per_second(train_clips(remote), 8, seconds)
+        return clips_per_second(train_clips(pipeline, remote), 8, seconds)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cores", type=int, default=1)
     parser.add_argument("--videos", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--baseline", default=BASELINE)
+    parser.add_argument("--gcs", action="store_true")
     args = parser.parse_args()
+    cpus = sorted(os.sched_getaffinity(0))[:args.cores]
+    os.sched_setaffinity(0, cpus)
+    model = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next((line.split(":", 1)[1].strip() for line in model.splitlines()
+                  if line.startswith("Model name")), "unknown CPU")
 
     with tempfile.TemporaryDirectory() as directory:
         files = write_kinetics_like(directory, args.videos)
-        rows = []
-        for frames in (8, 16):
-            ds = train_clips(files, frames)
-            rows.append((f"train clips {frames}x224, full augmentation",
-                         clips_per_second(ds, 8, args.seconds)))
+        old = baseline_pipeline(args.baseline, directory)
+        print(f"baseline {args.baseline[:12]} vs this checkout, first batch: {same_stream(old, files)}")
+        best = {}
+        for _ in range(args.rounds):
+            for frames in (8, 16):
+                for name, module in (("baseline", old), ("now", pipeline)):
+                    rate = clips_per_second(train_clips(module, files, frames), 8, args.seconds)
+                    best[name, frames] = max(best.get((name, frames), 0.0), rate / len(cpus))
         ds = pipeline.eval_dataset(files, batch_size=2, clip_frames=8, crop_size=224,
-                                   num_clips=4, num_crops=3).repeat()
-        rows.append(("eval videos 8x224, 4 clips x 3 crops", clips_per_second(ds, 2, args.seconds)))
-        rows.append(gcs_row(files, args.seconds))
+                                   num_clips=4, num_crops=3, process_index=0,
+                                   process_count=1).repeat()
+        eval_rate = clips_per_second(ds, 2, args.seconds) / len(cpus)
+        gcs = gcs_rate(files, args.seconds) / len(cpus) if args.gcs else None
 
-    model = create_model("B/16")
-    video = np.zeros((1, 8, 224, 224, 3), np.float32)
-    variables = jax.jit(model.init)(jax.random.key(0), video)
-    apply = jax.jit(model.apply)
-    apply(variables, video).block_until_ready()
-    start, count = time.perf_counter(), 0
-    while time.perf_counter() - start < args.seconds / 2:
-        apply(variables, video).block_until_ready()
-        count += 1
-    model_rate = count / (time.perf_counter() - start)
-
-    print(f"{'what (2-core host)':<48} {'clips/s':>8}")
-    print("-" * 57)
-    for name, rate in rows:
-        print(f"{name:<48} {rate:8.2f}")
-    print(f"{'model: B/16 8x224 forward, float32':<48} {model_rate:8.2f}")
-    print(f"\ntraining clips (8x224) per model forward: {rows[0][1] / model_rate:.1f}x; "
-          f"eval views per second: {rows[2][1] * 12:.1f} vs {model_rate:.2f} model views/s")
+    print(f"\n{model}, pinned to {len(cpus)} core(s); per core, best of {args.rounds} rounds")
+    print(f"| {'training clips, full augmentation':<36} | baseline clips/s | now clips/s | speed-up |")
+    print(f"|{'-' * 38}|-----------------:|------------:|---------:|")
+    for frames in (8, 16):
+        then, now = best["baseline", frames], best["now", frames]
+        print(f"| {f'{frames}x224, local disk':<36} | {then:16.1f} | {now:11.1f} | {now / then:7.2f}x |")
+    if gcs is not None:
+        print(f"| {'8x224, shards on gs:// (emulator)':<36} | {'':16} | {gcs:11.1f} | {'':8} |")
+    print(f"\neval videos 8x224, 4 clips x 3 crops: {eval_rate:.1f} videos/s per core "
+          f"({eval_rate * 12:.0f} views/s)")
 
 
 if __name__ == "__main__":

@@ -292,3 +292,56 @@ def test_a_shard_truncated_without_a_counts_file_is_counted_and_named(tmp_path, 
                                          num_clips=1, num_crops=1, num_classes=4))
     assert sum(int(b["mask"].numpy().sum()) for b in batches) == 2
     assert sum(int(b["bad"].numpy().sum()) for b in batches) == 1
+
+
+def encoded_frames(frame):
+    """One frame in every encoding a record may hold: JPEG 4:2:0 (TF's default), 4:4:4,
+    progressive, 4:2:2 and progressive 4:2:0 (PIL's encoder), greyscale JPEG, PNG."""
+    import io
+
+    from PIL import Image
+
+    def pil(subsampling, progressive):
+        out = io.BytesIO()
+        Image.fromarray(frame).save(out, "JPEG", quality=90, subsampling=subsampling,
+                                    progressive=progressive)
+        return out.getvalue()
+
+    return [tf.io.encode_jpeg(frame, quality=90).numpy(),
+            tf.io.encode_jpeg(frame, quality=90, chroma_downsampling=False).numpy(),
+            tf.io.encode_jpeg(frame, quality=90, progressive=True).numpy(),
+            pil(1, False), pil(2, True), tf.io.encode_jpeg(frame[..., :1]).numpy(),
+            tf.io.encode_png(frame).numpy()]
+
+
+@pytest.mark.parametrize("h, w", [(256, 340), (97, 131)])
+def test_decoding_only_the_crop_window_gives_the_pixels_of_decoding_all(h, w):
+    rng = np.random.default_rng(h)
+    blocks = np.kron(rng.integers(0, 256, (h // 8 + 1, w // 8 + 1, 3)), np.ones((8, 8, 1)))[:h, :w]
+    frame = np.clip(blocks + rng.integers(-30, 30, (h, w, 3)), 0, 255).astype(np.uint8)
+    frames = tf.constant(encoded_frames(frame))
+    indices = tf.range(tf.size(frames))
+    size = pipeline.frame_size(frames[0])
+    assert size.numpy().tolist() == [h, w] and pipeline.frame_size(frames[-1]).numpy().tolist() == [h, w]
+    whole = pipeline.decode_frames(frames, indices).numpy()
+    windows = [[0, 0, h, w], [0, w - 9, h, 9], [h - 5, 0, 5, w]]  # the frame's edges
+    windows += [[int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8)), 0, 0] for _ in range(30)]
+    for top, left, height, width in windows:
+        height = height or int(rng.integers(1, h - top + 1))
+        width = width or int(rng.integers(1, w - left + 1))
+        cut = pipeline.decode_window(frames, indices, size, tf.constant([top, left, height, width]))
+        np.testing.assert_array_equal(cut.numpy(), whole[:, top:top + height, left:left + width])
+
+
+def test_a_video_with_frames_of_different_sizes_is_skipped_and_counted(tmp_path):
+    def frames(h, w):
+        return [tf.io.encode_jpeg(tf.fill((h, w, 3), tf.constant(60, tf.uint8))).numpy()] * 4
+
+    path = str(tmp_path / records.shard_name("sizes", 0, 1))
+    with tf.io.TFRecordWriter(path) as writer:
+        writer.write(records.encode_clip(frames(24, 32)[:2] + frames(30, 40)[:2], 1, "mixed"))
+        writer.write(records.encode_clip(frames(24, 32), 0, "good"))
+    train = pipeline.train_dataset([path], batch_size=1, clip_frames=4, crop_size=16, seed=0,
+                                   num_classes=2, shuffle_buffer=1)
+    first = [b for b in train.take(2).as_numpy_iterator() if b["epoch"][0] == 0]
+    assert [(int(b["label"][0]), int(b["position"][0]), int(b["skipped"][0])) for b in first] == [(0, 1, 1)]

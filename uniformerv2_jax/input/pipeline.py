@@ -4,8 +4,9 @@
 (``process_index`` of ``process_count``, by default JAX's) reads its own share. Data flow:
 this host's share -> (training) shuffle of the SERIALISED records (decoded frames in a
 shuffle buffer would exhaust host RAM) -> parse and check -> sample frame
-indices -> decode only those JPEGs -> augment -> batch. Randomness is stateless and keyed
-by (seed, record position), so a pipeline is deterministic given its seed.
+indices -> decode only those JPEGs (in training, only their crop window) -> augment ->
+batch. Randomness is stateless and keyed by (seed, record position), so a pipeline is
+deterministic given its seed.
 """
 
 from __future__ import annotations
@@ -21,20 +22,37 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 
 MAX_FRAME_SIDE = 8192  # pixels; larger declared frames are treated as bad records
+# Columns decoded beyond each side of a crop window, cut after: libjpeg upsamples chroma at
+# the edges of the decoded columns as at the frame's edges, which changes the pixels within
+# one chroma sample (at most 4 pixels) of them.
+JPEG_MARGIN = 16
+
+
+def _png_sizes(frames: tf.Tensor) -> tf.Tensor:
+    """(N, 2) int64 (height, width) from each frame's PNG IHDR (garbage for other frames)."""
+    fields = tf.cast(tf.io.decode_raw(tf.strings.substr(frames, 16, 8), tf.uint8), tf.int64)
+    fields = tf.reshape(fields, [-1, 2, 4]) * tf.constant([2**24, 2**16, 2**8, 1], tf.int64)
+    return tf.reverse(tf.reduce_sum(fields, axis=-1), axis=[1])
+
+
+@functools.lru_cache(maxsize=None)
+def _blank_jpeg() -> bytes:
+    with tf.init_scope():  # eagerly, also while a tf.data function is traced
+        return tf.io.encode_jpeg(tf.zeros([1, 1, 3], tf.uint8)).numpy()
 
 
 def declared_side(frames: tf.Tensor, jpeg: tf.Tensor) -> tf.Tensor:
     """(N,) the larger side each frame's header declares (JPEG SOF or PNG IHDR)."""
-    def side(item):
-        frame, is_jpeg = item
-        png_size = tf.cast(tf.io.decode_raw(tf.strings.substr(frame, 16, 8), tf.uint8), tf.int64)
-        png_sides = tf.stack([tf.reduce_sum(png_size[i:i + 4] * [2**24, 2**16, 2**8, 1])
-                              for i in (0, 4)])
-        return tf.cond(is_jpeg, lambda: tf.cast(tf.reduce_max(tf.io.extract_jpeg_shape(frame)[:2]),
-                                                tf.int64),
-                       lambda: tf.reduce_max(png_sides))
-
-    return tf.map_fn(side, (frames, jpeg), fn_output_signature=tf.int64)
+    # JPEG headers are read 16 to a loop step (the loop, not the reading, is what costs);
+    # frames that are not JPEGs are read as a 1x1 JPEG, their sides taken from the IHDR.
+    n = tf.size(frames)
+    blank = tf.constant(_blank_jpeg())
+    padded = tf.concat([tf.where(jpeg, frames, blank), tf.fill([-n % 16], blank)], 0)
+    jpeg_sides = tf.map_fn(lambda row: tf.stack([tf.io.extract_jpeg_shape(row[i], tf.int64)[:2]
+                                                 for i in range(16)]),
+                           tf.reshape(padded, [-1, 16]), fn_output_signature=tf.int64)
+    sides = tf.where(jpeg[:, None], tf.reshape(jpeg_sides, [-1, 2])[:n], _png_sizes(frames))
+    return tf.reduce_max(sides, axis=1)
 
 
 def checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: str,
@@ -85,6 +103,50 @@ def decode_frames(images: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
     return tf.map_fn(decode, tf.gather(images, indices), fn_output_signature=tf.uint8)
 
 
+def _is_jpeg(image: tf.Tensor) -> tf.Tensor:
+    return tf.strings.substr(image, 0, 2) == b"\xff\xd8"
+
+
+def frame_size(image: tf.Tensor) -> tf.Tensor:
+    """(height, width) int32 of one JPEG or PNG frame, from its header (nothing decoded)."""
+    return tf.cond(_is_jpeg(image), lambda: tf.io.extract_jpeg_shape(image)[:2],
+                   lambda: tf.cast(_png_sizes(image[None])[0], tf.int32))
+
+
+def decode_window(images: tf.Tensor, indices: tf.Tensor, size: tf.Tensor,
+                  window: tf.Tensor) -> tf.Tensor:
+    """Decodes only ``window`` (top, left, height, width) of the chosen frames, each of
+    ``size`` (height, width), else an error -> (T, height, width, 3) uint8.
+
+    JPEGs are cut while decoding (``tf.io.decode_and_crop_jpeg``: the rows below the window
+    are never decoded, and only the window's columns are upsampled and converted to RGB),
+    with the same pixels as decoding the whole frame: chroma upsampling treats the edges
+    of the decoded columns as the frame's edges, so ``JPEG_MARGIN`` more columns are
+    decoded on each side and cut after. PNGs are decoded whole and cut.
+    """
+    def decode(image):
+        def jpeg():
+            left = tf.maximum(window[1] - JPEG_MARGIN, 0)
+            right = tf.minimum(window[1] + window[3] + JPEG_MARGIN, size[1])
+            check = tf.debugging.assert_equal(tf.io.extract_jpeg_shape(image)[:2], size,
+                                              message="frames of different sizes")
+            with tf.control_dependencies([check]):
+                wide = tf.io.decode_and_crop_jpeg(
+                    image, tf.stack([window[0], left, window[2], right - left]), channels=3)
+            return wide[:, window[1] - left:window[1] - left + window[3]]
+
+        def other():
+            frame = tf.io.decode_image(image, channels=3, expand_animations=False)
+            check = tf.debugging.assert_equal(tf.shape(frame)[:2], size,
+                                              message="frames of different sizes")
+            with tf.control_dependencies([check]):
+                return frame[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
+
+        return tf.cond(_is_jpeg(image), jpeg, other)
+
+    return tf.map_fn(decode, tf.gather(images, indices), fn_output_signature=tf.uint8)
+
+
 def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int,
                   clip_frames: int, crop_size: int,
                   seed: int, flip: bool = True, area: Sequence[float] = (0.08, 1.0),
@@ -104,8 +166,9 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
     Sparse (TSN) sampling by default; ``dense_stride`` selects dense sampling with that
     frame stride. ``flip`` must be off for direction-dependent labels (Something-Something).
     ``randaugment_spec`` (e.g. ``"rand-m7-n4-mstd0.5-inc1"``, the official setting) runs
-    RandAugment on the cropped clip (the official code runs it before cropping, at full
-    resolution; same operations, a fraction of the cost). ``repeated_augment`` = k puts k
+    RandAugment on the cropped clip, rounded to uint8 frames, with PIL's arithmetic (the
+    official code runs it on the PIL frames before cropping, at full resolution; same
+    operations, a fraction of the cost), compiled with XLA. ``repeated_augment`` = k puts k
     differently augmented copies of each clip in the stream (the official SSv2 recipe uses
     2). With mixup, cutmix or label smoothing, batches also hold soft ``targets`` (B, C).
 
@@ -152,14 +215,19 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
         else:
             offset = sampling.dense_train_offset(n, clip_frames, dense_stride, seeds[0])
             indices = sampling.dense_indices(n, clip_frames, dense_stride, offset)
-        video = transforms.random_resized_crop(decode_frames(clip["frames"], indices),
-                                               crop_size, seeds[1], area, ratio)
-        if flip:
-            video = transforms.random_flip(video, seeds[2])
+        frames = clip["frames"]
+        size = frame_size(frames[indices[0]])
+        video = transforms.random_resized_crop(
+            size, lambda window: decode_window(frames, indices, size, window), crop_size,
+            seeds[1], area, ratio)
         if augment:
-            video = randaugment.rand_augment(video, seeds[3], augment)
-        video = tf.ensure_shape(transforms.normalize(video, mean, std),
-                                (clip_frames, crop_size, crop_size, 3))
+            flipped = transforms.flip_draw(seeds[2]) if flip else tf.constant(False)
+            video = transforms.augment_clip(video, flipped, randaugment.draw(seeds[3], augment),
+                                            augment.increasing, mean, std)
+        else:
+            video = transforms.random_flip(video, seeds[2]) if flip else video
+            video = transforms.normalize(video, mean, std)
+        video = tf.ensure_shape(video, (clip_frames, crop_size, crop_size, 3))
         return {"video": tf.cast(video, dtype), "label": tf.cast(clip["label"], tf.int32),
                 "skipped": skipped, "epoch": epoch, "position": position}
 

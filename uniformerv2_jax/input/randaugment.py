@@ -1,11 +1,17 @@
-"""RandAugment for clips, with timm's semantics (``rand-m7-n4-mstd0.5-inc1``).
+"""RandAugment for clips, with timm's semantics (``rand-m7-n4-mstd0.5-inc1``) on uint8 pixels.
 
 ``num_layers`` operations are drawn with replacement from the op set; each is applied
 with probability 1/2 at a magnitude drawn from N(m, mstd) clipped to [0, 10], with a
 random sign for signed ops. One draw per CLIP: every frame gets the same operations,
 magnitudes and signs (statistics-based ops such as equalize use each frame's own
-histogram, as PIL does frame by frame in the official code). Pixels are float32 in
-[0, 255]; the fill of geometric ops is the official mean (0.45 * 255).
+histogram, as PIL does frame by frame in the official code).
+
+Pixels are uint8, as the official code's PIL frames are, and each op computes what PIL
+computes: blends in float32, clipped and truncated; PIL's integer grey; equalize,
+autocontrast, posterize and solarize as PIL's lookup tables; the affine ops sample
+bilinearly at PIL's pixel centres, edge pixels repeated, values truncated, the fill the
+official mean (0.45 * 255). Clips are (T, H, W, 3); the ops also compile with XLA (see
+:func:`uniformerv2_jax.input.transforms.augment_clip`).
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-FILL = 115.0  # round(0.45 * 255)
-_GRAY = (0.299, 0.587, 0.114)
+FILL = 115  # round(0.45 * 255)
+_LUMA = (19595, 38470, 7471)  # PIL's RGB -> L: (r, g, b) . _LUMA + 2**15 >> 16
 
 
 class RandAugmentSpec(NamedTuple):
@@ -25,6 +31,14 @@ class RandAugmentSpec(NamedTuple):
     magnitude: float = 9.0
     magnitude_std: float = 0.0
     increasing: bool = False
+
+
+class Draw(NamedTuple):
+    """One clip's draw, (num_layers,) each: op index, applied, level in [0, 1], sign +-1."""
+    choice: tf.Tensor
+    apply: tf.Tensor
+    level: tf.Tensor
+    sign: tf.Tensor
 
 
 def parse_spec(spec: str) -> RandAugmentSpec:
@@ -43,57 +57,147 @@ def parse_spec(spec: str) -> RandAugmentSpec:
     return RandAugmentSpec(**values)
 
 
+def draw(seed: tf.Tensor, spec: RandAugmentSpec) -> Draw:
+    """The clip's operations, keyed by the stateless ``seed`` (2,)."""
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    n = spec.num_layers
+    choice = tf.random.stateless_uniform([n], seeds[0], 0, len(OP_NAMES), dtype=tf.int32)
+    apply = tf.random.stateless_uniform([n], seeds[1]) < 0.5
+    magnitude = spec.magnitude + spec.magnitude_std * tf.random.stateless_normal([n], seeds[2])
+    level = tf.clip_by_value(magnitude, 0.0, 10.0) / 10.0
+    sign = tf.where(tf.random.stateless_uniform([n], seeds[3]) < 0.5, -1.0, 1.0)
+    return Draw(choice, apply, level, sign)
+
+
+def apply(clip: tf.Tensor, ops: Draw, increasing: bool) -> tf.Tensor:
+    """(T, H, W, 3) uint8 -> the drawn operations applied, uint8."""
+    branches = list(_operations(increasing).values())
+
+    def layer(i, clip):
+        def run():
+            return tf.switch_case(ops.choice[i], [lambda op=op: op(clip, ops.level[i], ops.sign[i])
+                                                  for op in branches])
+        return i + 1, tf.ensure_shape(tf.cond(ops.apply[i], run, lambda: clip), clip.shape)
+
+    return tf.while_loop(lambda i, clip: i < tf.size(ops.choice), layer, (0, clip))[1]
+
+
+def _product(factor: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
+    """float32 ``factor * values`` rounded on its own, as C computes it: the float64 product
+    is exact, so rounding it once gives the float32 product, and no compiler may fuse it
+    into a multiply-add with the next sum."""
+    return tf.cast(tf.cast(factor, tf.float64) * tf.cast(values, tf.float64), tf.float32)
+
+
 def _blend(degenerate: tf.Tensor, clip: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-    return tf.clip_by_value(degenerate + factor * (clip - degenerate), 0.0, 255.0)
+    """PIL's ``Image.blend(degenerate, clip, factor)``: float32, clipped, truncated."""
+    difference = tf.cast(clip, tf.int32) - tf.cast(degenerate, tf.int32)
+    value = tf.cast(degenerate, tf.float32) + _product(factor, difference)
+    return tf.cast(tf.clip_by_value(value, 0.0, 255.0), tf.uint8)
 
 
 def _gray(clip: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_sum(clip * tf.constant(_GRAY), axis=-1, keepdims=True)
+    """PIL's ``convert("L")``: (..., 3) uint8 -> (..., 1) int32."""
+    rgb = tf.cast(clip, tf.int32)
+    return (tf.reduce_sum(rgb * tf.constant(_LUMA), axis=-1, keepdims=True) + 2**15) // 2**16
 
 
-def _affine(clip: tf.Tensor, transform: tf.Tensor) -> tf.Tensor:
-    """Inverse-mapped affine warp (output (x, y) reads input (a0 x + a1 y + a2, ...))."""
-    shape = tf.shape(clip)
-    transforms = tf.tile(tf.reshape(tf.cast(transform, tf.float32), [1, 8]), [shape[0], 1])
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=clip, transforms=transforms, output_shape=shape[1:3], fill_value=FILL,
-        interpolation="BILINEAR", fill_mode="CONSTANT")
+def _channels(clip: tf.Tensor) -> tf.Tensor:
+    """(T, H, W, 3) uint8 -> int32 values offset by 256 * (3 t + c): one range per channel."""
+    frames = tf.shape(clip)[0]
+    return tf.cast(clip, tf.int32) + tf.reshape(tf.range(frames * 3) * 256, [frames, 1, 1, 3])
+
+
+def _lookup(clip: tf.Tensor, table: tf.Tensor) -> tf.Tensor:
+    """Per-frame, per-channel lookup: ``table`` (3 T, 256) int32 applied to (T, H, W, 3)."""
+    table = tf.reshape(table, [-1])
+    # Written through a scatter, the table is computed once: XLA would otherwise fuse its
+    # computation (sums over each channel's histogram) into the gather, once per pixel.
+    table = tf.tensor_scatter_nd_update(tf.zeros_like(table), tf.range(tf.size(table))[:, None], table)
+    return tf.cast(tf.gather(table, _channels(clip)), tf.uint8)
 
 
 def _equalize(clip: tf.Tensor) -> tf.Tensor:
     """PIL's ImageOps.equalize, per frame and channel."""
-    t, h, w = tf.shape(clip)[0], tf.shape(clip)[1], tf.shape(clip)[2]
-    values = tf.cast(tf.transpose(clip, [0, 3, 1, 2]), tf.int32)
-    values = tf.reshape(values, [t * 3, h * w])
-    hist = tf.math.bincount(values, minlength=256, maxlength=256, axis=-1)  # (T*3, 256)
+    channels = tf.shape(clip)[0] * 3
+    hist = tf.raw_ops.DenseBincount(input=tf.reshape(_channels(clip), [-1]), size=channels * 256,
+                                    weights=tf.zeros([0], tf.int32))
+    hist = tf.reshape(hist, [channels, 256])
     last = tf.gather(hist, tf.argmax(tf.cast(hist > 0, tf.int32) * tf.range(256)[None], axis=1),
                      batch_dims=1)
     step = (tf.reduce_sum(hist, axis=1) - last) // 255
     safe = tf.maximum(step, 1)[:, None]
-    lut = (tf.concat([tf.zeros_like(hist[:, :1]), tf.cumsum(hist, axis=1)[:, :-1]], 1)
-           + safe // 2) // safe
-    lut = tf.where(step[:, None] > 0, tf.minimum(lut, 255), tf.range(256)[None])
-    out = tf.gather(lut, values, batch_dims=1)
-    return tf.cast(tf.transpose(tf.reshape(out, [t, 3, h, w]), [0, 2, 3, 1]), tf.float32)
+    table = (tf.concat([tf.zeros_like(hist[:, :1]), tf.cumsum(hist, axis=1)[:, :-1]], 1)
+             + safe // 2) // safe
+    table = tf.where(step[:, None] > 0, tf.minimum(table, 255), tf.range(256)[None])
+    return _lookup(clip, table)
 
 
 def _autocontrast(clip: tf.Tensor) -> tf.Tensor:
-    lo = tf.reduce_min(clip, axis=[1, 2], keepdims=True)
-    hi = tf.reduce_max(clip, axis=[1, 2], keepdims=True)
-    scaled = (clip - lo) * 255.0 / tf.maximum(hi - lo, 1e-6)
-    return tf.where(hi > lo, scaled, clip)
+    """PIL's ImageOps.autocontrast: ``int(i * scale + offset)`` per frame and channel."""
+    lo = tf.reshape(tf.cast(tf.reduce_min(clip, axis=[1, 2]), tf.float64), [-1, 1])  # (3 T, 1)
+    hi = tf.reshape(tf.cast(tf.reduce_max(clip, axis=[1, 2]), tf.float64), [-1, 1])
+    scale = 255.0 / tf.maximum(hi - lo, 1.0)
+    table = tf.range(256, dtype=tf.float64) * scale + -lo * scale
+    table = tf.where(hi > lo, tf.clip_by_value(table, 0.0, 255.0), tf.range(256, dtype=tf.float64))
+    return _lookup(clip, tf.cast(table, tf.int32))
 
 
-def _sharpness(clip: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-    """PIL's SMOOTH filter (3x3, centre 5, /13) on the interior, blended with the clip."""
-    kernel = tf.constant([[1, 1, 1], [1, 5, 1], [1, 1, 1]], tf.float32) / 13.0
-    kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
-    smooth = tf.nn.depthwise_conv2d(clip, kernel, [1, 1, 1, 1], "VALID")
-    smooth = tf.pad(smooth, [[0, 0], [1, 1], [1, 1], [0, 0]])
+def _smooth(clip: tf.Tensor) -> tf.Tensor:
+    """PIL's SMOOTH filter (3x3, centre 5, /13, float32 sums, rounded); edge pixels kept."""
     h, w = tf.shape(clip)[1], tf.shape(clip)[2]
-    interior = tf.pad(tf.ones([h - 2, w - 2]), [[1, 1], [1, 1]])[None, :, :, None] > 0
-    degenerate = tf.where(interior, tf.round(smooth), clip)
-    return _blend(degenerate, clip, factor)
+    x = tf.pad(tf.cast(clip, tf.int32), [[0, 0], [1, 1], [1, 1], [0, 0]])
+    weights = (1 / 13, 5 / 13)
+
+    def row(dy):  # PIL's KERNEL1x3 on row y + dy
+        r = x[:, 1 + dy:h + 1 + dy]
+        k = [weights[0], weights[1 if dy == 0 else 0], weights[0]]
+        terms = [_product(tf.constant(k[i], tf.float32), r[:, :, i:w + i]) for i in range(3)]
+        return terms[0] + terms[1] + terms[2]
+
+    total = tf.zeros([], tf.float32) + row(1) + row(0) + row(-1)
+    smooth = tf.cast(tf.clip_by_value(total + 0.5, 0.0, 255.0), tf.uint8)
+    rows, columns = tf.range(h)[:, None], tf.range(w)[None]
+    interior = (rows > 0) & (rows < h - 1) & (columns > 0) & (columns < w - 1)
+    return tf.where(interior[None, :, :, None], smooth, clip)
+
+
+def _affine(clip: tf.Tensor, matrix) -> tf.Tensor:
+    """PIL's ``transform(AFFINE, matrix, BILINEAR, fillcolor=FILL)`` of every frame.
+
+    Output pixel (x, y) reads the input at ``matrix . (x + 0.5, y + 0.5, 1)``; outside the
+    frame it is FILL, inside the 4 neighbours (edge pixels repeated) are blended in float64
+    and truncated. The clip is pixel-major meanwhile: one gather reads a pixel of every frame.
+    """
+    matrix = [tf.cast(m, tf.float64) for m in matrix]
+    shape = tf.shape(clip)
+    h, w = shape[1], shape[2]
+    y, x = tf.meshgrid(tf.range(h, dtype=tf.float64) + 0.5, tf.range(w, dtype=tf.float64) + 0.5,
+                       indexing="ij")
+    x_in = matrix[0] * x + matrix[1] * y + matrix[2]
+    y_in = matrix[3] * x + matrix[4] * y + matrix[5]
+    fw, fh = tf.cast(w, tf.float64), tf.cast(h, tf.float64)
+    inside = (x_in >= 0) & (x_in < fw) & (y_in >= 0) & (y_in < fh)
+    x_in, y_in = x_in - 0.5, y_in - 0.5
+    x0, y0 = tf.floor(x_in), tf.floor(y_in)
+    dx, dy = (x_in - x0)[..., None], (y_in - y0)[..., None]
+    x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
+    # Pixel-major (H W, T 3) by concatenation, not a transpose: XLA would carry a transpose's
+    # layout out to the ops around, which then run several times slower.
+    pixels = tf.reshape(tf.concat(tf.unstack(clip), axis=-1), [h * w, -1])
+
+    def at(yy, xx):
+        index = tf.clip_by_value(yy, 0, h - 1) * w + tf.clip_by_value(xx, 0, w - 1)
+        return tf.cast(tf.gather(pixels, index), tf.float64)
+
+    def along_x(yy):
+        left, right = at(yy, x0), at(yy, x0 + 1)
+        return left + (right - left) * dx
+
+    top, bottom = along_x(y0), along_x(y0 + 1)
+    value = tf.cast(top + (bottom - top) * dy, tf.uint8)
+    out = tf.where(inside[..., None], value, tf.constant(FILL, tf.uint8))
+    return tf.stack(tf.split(tf.reshape(out, [h, w, -1]), clip.shape[0], axis=-1))
 
 
 def _enhance_factor(level: tf.Tensor, sign: tf.Tensor, increasing: bool) -> tf.Tensor:
@@ -102,69 +206,63 @@ def _enhance_factor(level: tf.Tensor, sign: tf.Tensor, increasing: bool) -> tf.T
 
 
 def _operations(increasing: bool):
-    """The op set as functions (clip, level in [0, 1], sign +-1) -> clip."""
-    def rotate(clip, level, sign):
-        angle = sign * level * 30.0 * math.pi / 180.0
-        h, w = tf.cast(tf.shape(clip)[1], tf.float32), tf.cast(tf.shape(clip)[2], tf.float32)
+    """The op set as functions (clip (T, H, W, 3) uint8, level in [0, 1], sign +-1) -> clip."""
+    def rotate(clip, level, sign):  # PIL's Image.rotate about the centre, counter-clockwise
+        angle = -(tf.cast(sign, tf.float64) * tf.cast(level, tf.float64) * 30.0 * (math.pi / 180.0))
         cos, sin = tf.cos(angle), tf.sin(angle)
-        x_offset = ((w - 1) - (cos * (w - 1) - sin * (h - 1))) / 2.0
-        y_offset = ((h - 1) - (sin * (w - 1) + cos * (h - 1))) / 2.0
-        return _affine(clip, tf.stack([cos, -sin, x_offset, sin, cos, y_offset, 0.0, 0.0]))
+        cx, cy = (tf.cast(tf.shape(clip)[i], tf.float64) / 2.0 for i in (2, 1))
+        return _affine(clip, [cos, sin, cos * -cx + sin * -cy + cx,
+                              -sin, cos, -sin * -cx + cos * -cy + cy])
 
     def posterize(clip, level, sign):
         bits = 4 - tf.cast(level * 4, tf.int32) if increasing else tf.cast(level * 4, tf.int32)
-        shift = 8 - tf.clip_by_value(bits, 0, 8)
-        return tf.cast(tf.bitwise.left_shift(tf.bitwise.right_shift(tf.cast(clip, tf.int32), shift), shift),
-                       tf.float32)
+        mask = tf.bitwise.bitwise_and(tf.bitwise.left_shift(255, 8 - tf.clip_by_value(bits, 0, 8)), 255)
+        return tf.bitwise.bitwise_and(clip, tf.cast(mask, tf.uint8))
 
     def solarize(clip, level, sign):
-        threshold = 256.0 - tf.floor(level * 256) if increasing else tf.floor(level * 256)
-        return tf.where(clip >= threshold, 255.0 - clip, clip)
+        threshold = 256 - tf.cast(level * 256, tf.int32) if increasing else tf.cast(level * 256, tf.int32)
+        return tf.where(tf.cast(clip, tf.int32) >= threshold, 255 - clip, clip)
 
     def solarize_add(clip, level, sign):
-        add = tf.floor(level * 110)
-        return tf.where(clip < 128, tf.minimum(clip + add, 255.0), clip)
+        added = tf.minimum(tf.cast(clip, tf.int32) + tf.cast(level * 110, tf.int32), 255)
+        return tf.where(clip < 128, tf.cast(added, tf.uint8), clip)
 
-    def color(clip, level, sign):
-        return _blend(_gray(clip), clip, _enhance_factor(level, sign, increasing))
+    def enhance(degenerate):
+        def op(clip, level, sign):
+            return _blend(degenerate(clip), clip, _enhance_factor(level, sign, increasing))
+        return op
 
-    def contrast(clip, level, sign):
-        mean = tf.round(tf.reduce_mean(_gray(clip), axis=[1, 2, 3], keepdims=True))
-        return _blend(mean, clip, _enhance_factor(level, sign, increasing))
-
-    def brightness(clip, level, sign):
-        return _blend(tf.zeros_like(clip), clip, _enhance_factor(level, sign, increasing))
-
-    def sharpness(clip, level, sign):
-        return _sharpness(clip, _enhance_factor(level, sign, increasing))
+    def contrast_degenerate(clip):  # PIL: the frame's mean grey, rounded
+        gray = tf.cast(_gray(clip), tf.float64)
+        return tf.cast(tf.floor(tf.reduce_mean(gray, axis=[1, 2], keepdims=True) + 0.5), tf.uint8)
 
     def shear(axis):
         def op(clip, level, sign):
-            s = sign * level * 0.3
-            return _affine(clip, tf.stack([1.0, s, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0]) if axis == "x"
-                           else tf.stack([1.0, 0.0, 0.0, s, 1.0, 0.0, 0.0, 0.0]))
+            s = tf.cast(sign, tf.float64) * tf.cast(level, tf.float64) * 0.3
+            return _affine(clip, [1.0, s, 0.0, 0.0, 1.0, 0.0] if axis == "x"
+                           else [1.0, 0.0, 0.0, s, 1.0, 0.0])
         return op
 
     def translate(axis):
         def op(clip, level, sign):
-            size = tf.cast(tf.shape(clip)[2 if axis == "x" else 1], tf.float32)
-            pixels = sign * level * 0.45 * size
-            return _affine(clip, tf.stack([1.0, 0.0, pixels, 0.0, 1.0, 0.0, 0.0, 0.0]) if axis == "x"
-                           else tf.stack([1.0, 0.0, 0.0, 0.0, 1.0, pixels, 0.0, 0.0]))
+            size = tf.cast(tf.shape(clip)[2 if axis == "x" else 1], tf.float64)
+            pixels = tf.cast(sign, tf.float64) * tf.cast(level, tf.float64) * 0.45 * size
+            return _affine(clip, [1.0, 0.0, pixels, 0.0, 1.0, 0.0] if axis == "x"
+                           else [1.0, 0.0, 0.0, 0.0, 1.0, pixels])
         return op
 
     return {
         "AutoContrast": lambda clip, level, sign: _autocontrast(clip),
         "Equalize": lambda clip, level, sign: _equalize(clip),
-        "Invert": lambda clip, level, sign: 255.0 - clip,
+        "Invert": lambda clip, level, sign: 255 - clip,
         "Rotate": rotate,
         "Posterize": posterize,
         "Solarize": solarize,
         "SolarizeAdd": solarize_add,
-        "Color": color,
-        "Contrast": contrast,
-        "Brightness": brightness,
-        "Sharpness": sharpness,
+        "Color": enhance(lambda clip: tf.cast(_gray(clip), tf.uint8)),
+        "Contrast": enhance(contrast_degenerate),
+        "Brightness": enhance(tf.zeros_like),
+        "Sharpness": enhance(_smooth),
         "ShearX": shear("x"),
         "ShearY": shear("y"),
         "TranslateXRel": translate("x"),
@@ -172,19 +270,4 @@ def _operations(increasing: bool):
     }
 
 
-def rand_augment(clip: tf.Tensor, seed: tf.Tensor, spec: RandAugmentSpec) -> tf.Tensor:
-    """(T, H, W, 3) pixels in [0, 255] -> augmented float32 clip, one draw per clip."""
-    ops = list(_operations(spec.increasing).values())
-    clip = tf.cast(clip, tf.float32)
-    seeds = tf.random.experimental.stateless_split(seed, 4)
-    n = spec.num_layers
-    choice = tf.random.stateless_uniform([n], seeds[0], 0, len(ops), dtype=tf.int32)
-    apply = tf.random.stateless_uniform([n], seeds[1]) < 0.5
-    magnitude = spec.magnitude + spec.magnitude_std * tf.random.stateless_normal([n], seeds[2])
-    level = tf.clip_by_value(magnitude, 0.0, 10.0) / 10.0
-    sign = tf.where(tf.random.stateless_uniform([n], seeds[3]) < 0.5, -1.0, 1.0)
-    for i in range(n):
-        branches = [lambda op=op, i=i, x=clip: op(x, level[i], sign[i]) for op in ops]
-        clip = tf.cond(apply[i], lambda i=i, b=branches: tf.switch_case(choice[i], b),
-                       lambda x=clip: x)
-    return clip
+OP_NAMES = tuple(_operations(True))

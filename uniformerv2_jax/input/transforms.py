@@ -8,9 +8,11 @@ crops with SlowFast's ``ceil`` centre offset for testing.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import tensorflow as tf
+
+from uniformerv2_jax.input import randaugment
 
 UNIFORMERV2_MEAN = (0.45, 0.45, 0.45)  # the official configs (pixels scaled to [0, 1])
 UNIFORMERV2_STD = (0.225, 0.225, 0.225)
@@ -28,29 +30,58 @@ def resize_short_side(video: tf.Tensor, size: int, method: str = "bilinear") -> 
     return tf.cast(resized, video.dtype) if video.dtype == tf.uint8 else resized
 
 
-def random_resized_crop(video: tf.Tensor, size: int, seed: tf.Tensor,
-                        area: Sequence[float] = (0.08, 1.0),
-                        ratio: Sequence[float] = (3 / 4, 4 / 3),
-                        method: str = "bicubic") -> tf.Tensor:
-    """Inception crop (area fraction and aspect ratio ranges), resized to size x size.
-
-    One box for the whole clip. After 10 failed attempts the whole frame is used.
-    (T, H, W, C) -> (T, size, size, C) float32.
-    """
-    shape = tf.shape(video)
-    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
-        shape[1:], tf.zeros([1, 0, 4]), seed=seed, min_object_covered=0.0,
+def crop_window(frame_size: tf.Tensor, seed: tf.Tensor, area: Sequence[float] = (0.08, 1.0),
+                ratio: Sequence[float] = (3 / 4, 4 / 3)) -> tf.Tensor:
+    """Inception crop box (area fraction and aspect ratio ranges) for frames of ``frame_size``
+    (height, width): ``(top, left, height, width)``. After 10 failed attempts, the whole frame."""
+    frame_shape = tf.concat([tf.cast(frame_size, tf.int32), [3]], 0)
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        frame_shape, tf.zeros([1, 0, 4]), seed=seed, min_object_covered=0.0,
         aspect_ratio_range=tuple(ratio), area_range=tuple(area), max_attempts=10,
         use_image_if_no_bounding_boxes=True)
-    crop = tf.slice(video, tf.concat([[0], begin], 0),
-                    tf.concat([[shape[0]], crop_size], 0))
-    return tf.image.resize(tf.cast(crop, tf.float32), (size, size), method=method)
+    return tf.concat([begin[:2], size[:2]], 0)
+
+
+def random_resized_crop(frame_size: tf.Tensor, frames_in: Callable[[tf.Tensor], tf.Tensor],
+                        size: int, seed: tf.Tensor, area: Sequence[float] = (0.08, 1.0),
+                        ratio: Sequence[float] = (3 / 4, 4 / 3),
+                        method: str = "bicubic") -> tf.Tensor:
+    """Inception crop, resized to size x size: one box for the whole clip.
+
+    ``frames_in(window)`` returns the clip's frames cut to the :func:`crop_window` box, as
+    (T, h, w, C) (decoding only that part). -> (T, size, size, C) float32.
+    """
+    window = crop_window(frame_size, seed, area, ratio)
+    return tf.image.resize(frames_in(window), (size, size), method=method)
+
+
+def flip_draw(seed: tf.Tensor) -> tf.Tensor:
+    """Whether a clip is flipped: probability 1/2, keyed by ``seed``."""
+    return tf.random.stateless_uniform([], seed) < 0.5
 
 
 def random_flip(video: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     """Left-right flip of the whole clip with probability 1/2."""
-    flip = tf.random.stateless_uniform([], seed) < 0.5
-    return tf.cond(flip, lambda: tf.reverse(video, axis=[2]), lambda: video)
+    return tf.cond(flip_draw(seed), lambda: tf.reverse(video, axis=[2]), lambda: video)
+
+
+@tf.function(jit_compile=True)
+def _augment(video, flip, ops, increasing, mean, std):
+    clip = tf.saturate_cast(tf.round(video), tf.uint8)
+    clip = tf.cond(flip, lambda: tf.reverse(clip, axis=[2]), lambda: clip)
+    return normalize(randaugment.apply(clip, ops, increasing), mean, std)
+
+
+def augment_clip(video: tf.Tensor, flip: tf.Tensor, ops: randaugment.Draw, increasing: bool,
+                 mean: Sequence[float] = UNIFORMERV2_MEAN,
+                 std: Sequence[float] = UNIFORMERV2_STD) -> tf.Tensor:
+    """A training clip's RandAugment, as the official code runs it, on uint8 frames.
+
+    (T, H, W, 3) float pixels (from the resize) -> rounded to uint8 -> flipped if ``flip``
+    -> the drawn ``ops`` -> normalised float32. One XLA program per clip shape: each op a
+    single pass or two, fused with the steps around it.
+    """
+    return _augment(video, flip, ops, increasing, tuple(mean), tuple(std))
 
 
 def spatial_crop(video: tf.Tensor, size: int, index: int) -> tf.Tensor:
