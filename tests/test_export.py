@@ -135,6 +135,21 @@ def test_bfloat16_export_equals_the_bfloat16_flax_model(tiny, tmp_path):
     assert json.loads((out / export.SPEC_FILE).read_text())["model"]["dtype"] == "bfloat16"
 
 
+def test_a_model_set_for_a_gpus_kernels_exports_with_portable_ones(tiny):
+    """Kernels chosen for the exporting machine (here cuDNN attention and grouped
+    convolutions, which cannot even trace on a CPU) are not what the artifact's platforms
+    run: the export lowers plain XLA forms and gives the float32 Flax logits."""
+    model, variables, _, root = tiny
+    gpu_model = model.clone(kernels="cudnn+grouped")
+    frames = np.load(root / "frames.npy")
+    with pytest.raises(ValueError, match="cuDNN attention needs a GPU"):
+        gpu_model.apply(variables, normalize(tf.constant(frames[:1])).numpy())
+    assert export.serving_model(gpu_model).kernels == export.PORTABLE_KERNELS
+    exported = jax.export.deserialize(export.export_jax(gpu_model, variables, platforms=("cpu", "tpu")))
+    np.testing.assert_allclose(np.asarray(exported.call(frames)), flax_logits(model, variables, frames),
+                               rtol=0, atol=1e-5)
+
+
 def test_normalisation_is_the_input_pipelines_exactly():
     frames = np.arange(256, dtype=np.uint8).reshape(1, 1, 16, 16, 1).repeat(3, -1)
     np.testing.assert_array_equal(np.asarray(jax.jit(export.normalize)(frames)),

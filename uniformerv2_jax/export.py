@@ -39,6 +39,7 @@ DTYPES = ("float32", "bfloat16")
 # Lowered for all three by default: an artifact runs only on the platforms it was lowered
 # for, and the export machine (often a CPU) is rarely the serving one.
 PLATFORMS = ("cpu", "cuda", "tpu")
+PORTABLE_KERNELS = "matmul+shifted"  # plain XLA operations, lowered alike for every platform
 JAX_FILE = "model.jax_export"
 SAVED_MODEL_DIR = "saved_model"
 LABELS_FILE = "labels.txt"
@@ -68,10 +69,17 @@ def input_shape(model: UniFormerV2) -> tuple[int, int, int, int]:
     return (model.t_size, model.input_resolution, model.input_resolution, 3)
 
 
+def serving_model(model: UniFormerV2, dtype: str = "float32") -> UniFormerV2:
+    """``model`` computing in ``dtype`` with :data:`PORTABLE_KERNELS`: "auto" would resolve
+    to the exporting machine's backend (cuDNN attention on a GPU), which the artifact's
+    other platforms cannot run."""
+    return model.clone(dtype=jnp.dtype(dtype), kernels=PORTABLE_KERNELS)
+
+
 def logits_function(model: UniFormerV2, dtype: str = "float32") -> Callable[[dict, jax.Array], jax.Array]:
     """``(variables, uint8 frames (N, T, H, W, 3)) -> float32 logits (N, C)``, eval mode,
     computing in ``dtype`` (the parameters stay as they are)."""
-    model = model.clone(dtype=jnp.dtype(dtype))
+    model = serving_model(model, dtype)
 
     def logits(variables: dict, frames: jax.Array) -> jax.Array:
         return model.apply(variables, normalize(frames)).astype(jnp.float32)
