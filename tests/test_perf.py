@@ -1,5 +1,6 @@
 """Throughput accounting of the training loop: FLOPs, MFU, input wait, profiler traces."""
 
+import gzip
 import json
 import types
 
@@ -72,6 +73,12 @@ def test_profile_steps_trace_exactly_that_window(profiled_run):
     traces = [p for pattern in ("*.xplane.pb", "*trace.json.gz")
               for p in (workdir / "profile").rglob(pattern)]
     assert traces and all(p.stat().st_size > 0 for p in traces)
+    # The compiled step's runs are in it; Python function calls ("$file:line name" events)
+    # are not: JAX's Python tracer can crash the process when it stops (perf.trace_options).
+    (perfetto,) = (workdir / "profile").rglob("perfetto_trace.json.gz")
+    names = {event.get("name", "") for event in json.loads(gzip.decompress(perfetto.read_bytes()))["traceEvents"]}
+    assert any("train_step" in name for name in names)
+    assert not [name for name in names if name.startswith("$")]
 
 
 @pytest.mark.parametrize("value", ["5", "3-2", "0-2", "a-b", "1-2-3", "-1-2"])
