@@ -76,7 +76,8 @@ def test_profile_steps_trace_exactly_that_window(profiled_run):
     # The compiled step's runs are in it; Python function calls ("$file:line name" events)
     # are not: JAX's Python tracer can crash the process when it stops (perf.trace_options).
     (perfetto,) = (workdir / "profile").rglob("perfetto_trace.json.gz")
-    names = {event.get("name", "") for event in json.loads(gzip.decompress(perfetto.read_bytes()))["traceEvents"]}
+    events = json.loads(gzip.decompress(perfetto.read_bytes()))["traceEvents"]
+    names = {event.get("name", "") for event in events}
     assert any("train_step" in name for name in names)
     assert not [name for name in names if name.startswith("$")]
 
