@@ -19,6 +19,7 @@ path on this host's CPU, not a figure for a real bucket's network.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -39,9 +40,10 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 def write_kinetics_like(directory: str, videos: int, frames: int = 100) -> list[str]:
     rng = np.random.default_rng(0)
-    paths = []
+    paths, counts = [], {}
     for shard in range(4):
         path = os.path.join(directory, records.shard_name("bench", shard, 4))
+        counts[os.path.basename(path)] = len(range(shard, videos, 4))
         with tf.io.TFRecordWriter(path) as writer:
             for v in range(shard, videos, 4):
                 coarse = rng.uniform(0, 255, (frames, 16, 22, 3)).astype(np.float32)
@@ -50,6 +52,8 @@ def write_kinetics_like(directory: str, videos: int, frames: int = 100) -> list[
                 writer.write(records.encode_clip(jpegs, v % 400, "class", f"v{v}.mp4", 0,
                                                  10_000_000, 10.0))
         paths.append(path)
+    with open(os.path.join(directory, "bench-counts.json"), "w") as f:  # as the writer leaves it
+        json.dump(counts, f)
     return paths
 
 
