@@ -139,6 +139,30 @@ def test_bad_records_are_skipped_and_counted(tmp_path):
     assert batch["label"].numpy().tolist() == [1, 1]
 
 
+def test_training_counts_records_that_fail_before_their_check(tmp_path):
+    """Records that do not parse, or whose frame headers cannot be read (a JPEG with start
+    and end markers but no frame header, a PNG cut inside its header), never reach the
+    validity check; training still counts them in ``skipped``, as every other bad record."""
+    good = [tf.io.encode_jpeg(tf.fill((20, 20, 3), tf.constant(30 * i, tf.uint8))).numpy()
+            for i in range(4)]
+    no_frame_header = b"\xff\xd8" + bytes(64) + b"\xff\xd9"
+    short_png = b"\x89PNG\r\n\x1a\n" + bytes(4)
+    path = tmp_path / "early-00000-of-00001.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in [records.encode_clip(good[:2] + [no_frame_header], 0, "", "sof.mp4"),
+                       b"not a SequenceExample",
+                       records.encode_clip(good, 1, "good", "a.mp4"),
+                       records.encode_clip([short_png] + good, 0, "", "png.mp4"),
+                       records.encode_clip(good[:2], 50, "", "range.mp4"),
+                       records.encode_clip(good, 2, "good", "b.mp4")]:
+            writer.write(record)
+    train = pipeline.train_dataset([str(path)], batch_size=2, clip_frames=2, crop_size=16, seed=0,
+                                   num_classes=10, shuffle_buffer=0)
+    batch = next(iter(train))
+    assert batch["label"].numpy().tolist() == [1, 2]
+    assert batch["skipped"].numpy().tolist() == [2, 4]
+
+
 def test_bad_records_can_stop_the_run_naming_the_shard(tmp_path):
     files = bad_records_shard(tmp_path)[:1]
     ds = pipeline.eval_dataset(files, batch_size=4, clip_frames=4, crop_size=20, num_clips=1,

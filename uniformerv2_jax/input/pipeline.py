@@ -178,7 +178,8 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
     consumed up to (e, p) resumes exactly with ``start=(e, p + 1)``, replaying only the
     reading and parsing of epoch e up to there. Bad records are handled as
     ``on_bad_record`` says (see :func:`checked_clips`); ``skipped`` counts those met so far
-    in the example's epoch on this host.
+    in the example's epoch on this host (bad records at an epoch's end, after its last
+    good one, are in no example's count).
     """
     mixing_on = mixup_alpha > 0 or cutmix_alpha > 0 or label_smoothing > 0
     augment = randaugment.parse_spec(randaugment_spec) if randaugment_spec else None
@@ -189,15 +190,21 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
     start_epoch, start_position = (int(v) for v in start)
     seed = tf.constant(seed, tf.int64)
 
-    def count_bad(skipped, item):  # a running count of bad clips rides along each example
+    def count_bad(state, item):  # a running count of bad clips rides along each example
+        skipped, previous = state
         clip, valid = item
-        skipped += tf.cast(~valid, tf.int64)
-        return skipped, (clip, valid, skipped)
+        # Records that do not parse, or whose headers cannot be read, never arrive here:
+        # the gap in the arrival numbers counts them.
+        skipped += clip["arrival"] - previous - 1 + tf.cast(~valid, tf.int64)
+        return (skipped, clip["arrival"]), (clip, valid, skipped)
 
     def epoch_examples(epoch):
         ds = sources.clips(source, process_index, process_count,
                            epoch_seed=tf.stack([seed, epoch]), shuffle_buffer=shuffle_buffer)
-        ds = checked_clips(ds, num_classes, on_bad_record).scan(tf.constant(0, tf.int64), count_bad)
+        # Numbered before parsing: a record that fails later still takes its number.
+        ds = ds.enumerate().map(lambda arrival, item: (item[0], {**item[1], "arrival": arrival}))
+        ds = checked_clips(ds, num_classes, on_bad_record).scan(
+            (tf.constant(0, tf.int64), tf.constant(-1, tf.int64)), count_bad)
         ds = ds.filter(lambda clip, valid, skipped: valid)
         ds = ds.flat_map(lambda clip, valid, skipped: tf.data.Dataset.from_tensors(
             (clip, skipped)).repeat(repeated_augment))

@@ -8,9 +8,11 @@ histogram, as PIL does frame by frame in the official code).
 
 Pixels are uint8, as the official code's PIL frames are, and each op computes what PIL
 computes: blends in float32, clipped and truncated; PIL's integer grey; equalize,
-autocontrast, posterize and solarize as PIL's lookup tables; the affine ops sample
-bilinearly at PIL's pixel centres, edge pixels repeated, values truncated, the fill the
-official mean (0.45 * 255). Clips are (T, H, W, 3); the ops also compile with XLA (see
+autocontrast, posterize and solarize as PIL's lookup tables; the affine ops (rotate,
+shear, translate) resample bicubically as PIL does at its pixel centres, edge pixels
+repeated, values clipped and truncated, the fill grey 128: the official code builds the
+op set with ``interpolation=cfg.AUG.INTERPOLATION`` ("bicubic") and no ``img_mean``, so
+timm's ``_FILL``. Clips are (T, H, W, 3); the ops also compile with XLA (see
 :func:`uniformerv2_jax.input.transforms.augment_clip`).
 """
 
@@ -22,7 +24,7 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-FILL = 115  # round(0.45 * 255)
+FILL = 128  # timm's _FILL: the official RandAugment is built without an img_mean
 _LUMA = (19595, 38470, 7471)  # PIL's RGB -> L: (r, g, b) . _LUMA + 2**15 >> 16
 
 
@@ -162,12 +164,23 @@ def _smooth(clip: tf.Tensor) -> tf.Tensor:
     return tf.where(interior[None, :, :, None], smooth, clip)
 
 
+def _cubic(v1, v2, v3, v4, d):
+    """PIL's cubic convolution (a = -1) between ``v2`` and ``v3`` at fraction ``d``, its
+    terms in its order (Geometry.c's ``BICUBIC``)."""
+    p2 = -v1 + v3
+    p3 = 2 * (v1 - v2) + v3 - v4
+    p4 = -v1 + v2 - v3 + v4
+    return v2 + d * (p2 + d * (p3 + d * p4))
+
+
 def _affine(clip: tf.Tensor, matrix) -> tf.Tensor:
-    """PIL's ``transform(AFFINE, matrix, BILINEAR, fillcolor=FILL)`` of every frame.
+    """PIL's ``transform(AFFINE, matrix, BICUBIC, fillcolor=FILL)`` of every frame.
+    (T, H, W, 3) uint8 -> (T, H, W, 3) uint8; ``matrix`` the 6 coefficients (PIL's order).
 
     Output pixel (x, y) reads the input at ``matrix . (x + 0.5, y + 0.5, 1)``; outside the
-    frame it is FILL, inside the 4 neighbours (edge pixels repeated) are blended in float64
-    and truncated. The clip is pixel-major meanwhile: one gather reads a pixel of every frame.
+    frame it is FILL, inside the 4 x 4 neighbours (edge pixels repeated) are interpolated
+    along x, then along y, in float64, clipped to [0, 255] and truncated. The clip is
+    pixel-major meanwhile: one gather reads a pixel of every frame.
     """
     matrix = [tf.cast(m, tf.float64) for m in matrix]
     shape = tf.shape(clip)
@@ -186,16 +199,14 @@ def _affine(clip: tf.Tensor, matrix) -> tf.Tensor:
     # layout out to the ops around, which then run several times slower.
     pixels = tf.reshape(tf.concat(tf.unstack(clip), axis=-1), [h * w, -1])
 
-    def at(yy, xx):
-        index = tf.clip_by_value(yy, 0, h - 1) * w + tf.clip_by_value(xx, 0, w - 1)
-        return tf.cast(tf.gather(pixels, index), tf.float64)
+    def along_x(row):
+        row = tf.clip_by_value(row, 0, h - 1) * w
+        taps = [tf.cast(tf.gather(pixels, row + tf.clip_by_value(x0 + k, 0, w - 1)), tf.float64)
+                for k in (-1, 0, 1, 2)]
+        return _cubic(*taps, dx)
 
-    def along_x(yy):
-        left, right = at(yy, x0), at(yy, x0 + 1)
-        return left + (right - left) * dx
-
-    top, bottom = along_x(y0), along_x(y0 + 1)
-    value = tf.cast(top + (bottom - top) * dy, tf.uint8)
+    value = _cubic(*[along_x(y0 + k) for k in (-1, 0, 1, 2)], dy)
+    value = tf.cast(tf.clip_by_value(value, 0.0, 255.0), tf.uint8)
     out = tf.where(inside[..., None], value, tf.constant(FILL, tf.uint8))
     return tf.stack(tf.split(tf.reshape(out, [h, w, -1]), clip.shape[0], axis=-1))
 
