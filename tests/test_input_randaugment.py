@@ -73,6 +73,21 @@ def test_ops_compute_what_pil_computes(name):
             assert not difference.any(), name
 
 
+@pytest.mark.parametrize("name", ["Color", "Contrast", "Brightness", "Sharpness"])
+def test_enhance_ops_without_increasing_levels_compute_what_pil_computes(name):
+    """timm's inc0 factors, 1.8 * level + 0.1: computed in float64 as Python does, then
+    rounded to float32 by PIL's blend (float32 arithmetic is one step off at some levels)."""
+    frames = np.stack([image(seed) for seed in range(3)])
+    op = randaugment._operations(increasing=False)[name]
+    for level in (0.2, 0.35, 0.7, 0.95):
+        level32 = float(np.float32(level))  # the level our draw holds
+        enhance = getattr(ImageEnhance, name)
+        expected = np.stack([np.asarray(enhance(Image.fromarray(f)).enhance(level32 * 1.8 + 0.1))
+                             for f in frames])
+        out = op(tf.constant(frames), tf.constant(level32, tf.float32), tf.constant(1.0))
+        np.testing.assert_array_equal(out.numpy(), expected, err_msg=f"{name} at {level}")
+
+
 def test_one_draw_per_clip_and_deterministic_given_the_seed():
     spec = randaugment.parse_spec("rand-m7-n4-mstd0.5-inc1")
     clip = tf.constant(np.repeat(image(2)[None], 4, axis=0))

@@ -212,8 +212,10 @@ def _affine(clip: tf.Tensor, matrix) -> tf.Tensor:
 
 
 def _enhance_factor(level: tf.Tensor, sign: tf.Tensor, increasing: bool) -> tf.Tensor:
-    """timm: 1 +- 0.9 * level (increasing), or 0.1 + 1.8 * level."""
-    return 1.0 + sign * 0.9 * level if increasing else 0.1 + 1.8 * level
+    """timm: 1 +- 0.9 * level (increasing), or 1.8 * level + 0.1, in float64 as Python
+    computes it, then rounded to the float32 that PIL's blend takes."""
+    level, sign = tf.cast(level, tf.float64), tf.cast(sign, tf.float64)
+    return tf.cast(1.0 + sign * (level * 0.9) if increasing else level * 1.8 + 0.1, tf.float32)
 
 
 def _operations(increasing: bool):
