@@ -363,9 +363,13 @@ def test_a_video_with_frames_of_different_sizes_is_skipped_and_counted(tmp_path)
 
     path = str(tmp_path / records.shard_name("sizes", 0, 1))
     with tf.io.TFRecordWriter(path) as writer:
-        writer.write(records.encode_clip(frames(24, 32)[:2] + frames(30, 40)[:2], 1, "mixed"))
+        writer.write(records.encode_clip(frames(24, 32)[:2] + frames(30, 40)[:2], 1, "mixed", "mixed.mp4"))
         writer.write(records.encode_clip(frames(24, 32), 0, "good"))
     train = pipeline.train_dataset([path], batch_size=1, clip_frames=4, crop_size=16, seed=0,
                                    num_classes=2, shuffle_buffer=1)
     first = [b for b in train.take(2).as_numpy_iterator() if b["epoch"][0] == 0]
     assert [(int(b["label"][0]), int(b["position"][0]), int(b["skipped"][0])) for b in first] == [(0, 1, 1)]
+    strict = pipeline.train_dataset([path], batch_size=1, clip_frames=4, crop_size=16, seed=0,
+                                    num_classes=2, shuffle_buffer=1, on_bad_record="raise")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="different sizes in video.*mixed.mp4"):
+        list(strict.take(2))

@@ -114,9 +114,9 @@ def frame_size(image: tf.Tensor) -> tf.Tensor:
 
 
 def decode_window(images: tf.Tensor, indices: tf.Tensor, size: tf.Tensor,
-                  window: tf.Tensor) -> tf.Tensor:
+                  window: tf.Tensor, video: tf.Tensor | str = "") -> tf.Tensor:
     """Decodes only ``window`` (top, left, height, width) of the chosen frames, each of
-    ``size`` (height, width), else an error -> (T, height, width, 3) uint8.
+    ``size`` (height, width), else an error naming ``video`` -> (T, height, width, 3) uint8.
 
     JPEGs are cut while decoding (``tf.io.decode_and_crop_jpeg``: the rows below the window
     are never decoded, and only the window's columns are upsampled and converted to RGB),
@@ -124,22 +124,22 @@ def decode_window(images: tf.Tensor, indices: tf.Tensor, size: tf.Tensor,
     of the decoded columns as the frame's edges, so ``JPEG_MARGIN`` more columns are
     decoded on each side and cut after. PNGs are decoded whole and cut.
     """
+    def same_size(shape):
+        return tf.debugging.Assert(tf.reduce_all(tf.equal(shape, size)), [
+            "frames of different sizes in video", video, "first frame", size, "this frame", shape])
+
     def decode(image):
         def jpeg():
             left = tf.maximum(window[1] - JPEG_MARGIN, 0)
             right = tf.minimum(window[1] + window[3] + JPEG_MARGIN, size[1])
-            check = tf.debugging.assert_equal(tf.io.extract_jpeg_shape(image)[:2], size,
-                                              message="frames of different sizes")
-            with tf.control_dependencies([check]):
+            with tf.control_dependencies([same_size(tf.io.extract_jpeg_shape(image)[:2])]):
                 wide = tf.io.decode_and_crop_jpeg(
                     image, tf.stack([window[0], left, window[2], right - left]), channels=3)
             return wide[:, window[1] - left:window[1] - left + window[3]]
 
         def other():
             frame = tf.io.decode_image(image, channels=3, expand_animations=False)
-            check = tf.debugging.assert_equal(tf.shape(frame)[:2], size,
-                                              message="frames of different sizes")
-            with tf.control_dependencies([check]):
+            with tf.control_dependencies([same_size(tf.shape(frame)[:2])]):
                 return frame[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
 
         return tf.cond(_is_jpeg(image), jpeg, other)
@@ -225,7 +225,7 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
         frames = clip["frames"]
         size = frame_size(frames[indices[0]])
         video = transforms.random_resized_crop(
-            size, lambda window: decode_window(frames, indices, size, window), crop_size,
+            size, lambda window: decode_window(frames, indices, size, window, clip["filename"]), crop_size,
             seeds[1], area, ratio)
         if augment:
             flipped = transforms.flip_draw(seeds[2]) if flip else tf.constant(False)
