@@ -173,14 +173,17 @@ def _cubic(v1, v2, v3, v4, d):
     return v2 + d * (p2 + d * (p3 + d * p4))
 
 
-def _affine(clip: tf.Tensor, matrix) -> tf.Tensor:
+def _affine(clip: tf.Tensor, matrix, along: str = "xy") -> tf.Tensor:
     """PIL's ``transform(AFFINE, matrix, BICUBIC, fillcolor=FILL)`` of every frame.
     (T, H, W, 3) uint8 -> (T, H, W, 3) uint8; ``matrix`` the 6 coefficients (PIL's order).
 
     Output pixel (x, y) reads the input at ``matrix . (x + 0.5, y + 0.5, 1)``; outside the
     frame it is FILL, inside the 4 x 4 neighbours (edge pixels repeated) are interpolated
     along x, then along y, in float64, clipped to [0, 255] and truncated. The clip is
-    pixel-major meanwhile: one gather reads a pixel of every frame.
+    pixel-major meanwhile: one gather reads a pixel of every frame. ``along`` = "x" or "y"
+    for a matrix that keeps the other coordinate (shear and translate): there the other
+    pass has fraction 0, which PIL's formula returns exactly, so it is left out (4 taps,
+    not 16).
     """
     matrix = [tf.cast(m, tf.float64) for m in matrix]
     shape = tf.shape(clip)
@@ -199,13 +202,16 @@ def _affine(clip: tf.Tensor, matrix) -> tf.Tensor:
     # layout out to the ops around, which then run several times slower.
     pixels = tf.reshape(tf.concat(tf.unstack(clip), axis=-1), [h * w, -1])
 
-    def along_x(row):
-        row = tf.clip_by_value(row, 0, h - 1) * w
-        taps = [tf.cast(tf.gather(pixels, row + tf.clip_by_value(x0 + k, 0, w - 1)), tf.float64)
-                for k in (-1, 0, 1, 2)]
-        return _cubic(*taps, dx)
+    def tap(row, column):
+        index = tf.clip_by_value(row, 0, h - 1) * w + tf.clip_by_value(column, 0, w - 1)
+        return tf.cast(tf.gather(pixels, index), tf.float64)
 
-    value = _cubic(*[along_x(y0 + k) for k in (-1, 0, 1, 2)], dy)
+    def along_x(row):
+        if "x" not in along:
+            return tap(row, x0)
+        return _cubic(*[tap(row, x0 + k) for k in (-1, 0, 1, 2)], dx)
+
+    value = _cubic(*[along_x(y0 + k) for k in (-1, 0, 1, 2)], dy) if "y" in along else along_x(y0)
     value = tf.cast(tf.clip_by_value(value, 0.0, 255.0), tf.uint8)
     out = tf.where(inside[..., None], value, tf.constant(FILL, tf.uint8))
     return tf.stack(tf.split(tf.reshape(out, [h, w, -1]), clip.shape[0], axis=-1))
@@ -253,7 +259,7 @@ def _operations(increasing: bool):
         def op(clip, level, sign):
             s = tf.cast(sign, tf.float64) * tf.cast(level, tf.float64) * 0.3
             return _affine(clip, [1.0, s, 0.0, 0.0, 1.0, 0.0] if axis == "x"
-                           else [1.0, 0.0, 0.0, s, 1.0, 0.0])
+                           else [1.0, 0.0, 0.0, s, 1.0, 0.0], along=axis)
         return op
 
     def translate(axis):
@@ -261,7 +267,7 @@ def _operations(increasing: bool):
             size = tf.cast(tf.shape(clip)[2 if axis == "x" else 1], tf.float64)
             pixels = tf.cast(sign, tf.float64) * tf.cast(level, tf.float64) * 0.45 * size
             return _affine(clip, [1.0, 0.0, pixels, 0.0, 1.0, 0.0] if axis == "x"
-                           else [1.0, 0.0, 0.0, 0.0, 1.0, pixels])
+                           else [1.0, 0.0, 0.0, 0.0, 1.0, pixels], along=axis)
         return op
 
     return {
