@@ -41,6 +41,11 @@ def _blank_jpeg() -> bytes:
         return tf.io.encode_jpeg(tf.zeros([1, 1, 3], tf.uint8)).numpy()
 
 
+def _is_jpeg(image: tf.Tensor) -> tf.Tensor:
+    """Whether each frame starts with a JPEG start-of-image marker."""
+    return tf.strings.substr(image, 0, 2) == b"\xff\xd8"
+
+
 def declared_side(frames: tf.Tensor, jpeg: tf.Tensor) -> tf.Tensor:
     """(N,) the larger side each frame's header declares (JPEG SOF or PNG IHDR)."""
     # JPEG headers are read 16 to a loop step (the loop, not the reading, is what costs);
@@ -74,8 +79,7 @@ def checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: s
         frames = clip["frames"]
         # Every frame a whole JPEG (start and end markers) or a PNG: catches truncated and
         # foreign frames before the decoder sees them.
-        jpeg = ((tf.strings.substr(frames, 0, 2) == b"\xff\xd8")
-                & (tf.strings.substr(frames, -2, 2) == b"\xff\xd9"))
+        jpeg = _is_jpeg(frames) & (tf.strings.substr(frames, -2, 2) == b"\xff\xd9")
         png = tf.strings.substr(frames, 0, 8) == b"\x89PNG\r\n\x1a\n"
         whole = (tf.size(frames) > 0) & tf.reduce_all(jpeg | png)
         # Headers are read before any pixel: a frame declaring a huge size (a hostile or
@@ -101,10 +105,6 @@ def decode_frames(images: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
     """Decodes only the chosen frames: (N,) JPEG/PNG strings, (T,) indices -> (T, H, W, 3) uint8."""
     decode = lambda image: tf.io.decode_image(image, channels=3, expand_animations=False)  # noqa: E731
     return tf.map_fn(decode, tf.gather(images, indices), fn_output_signature=tf.uint8)
-
-
-def _is_jpeg(image: tf.Tensor) -> tf.Tensor:
-    return tf.strings.substr(image, 0, 2) == b"\xff\xd8"
 
 
 def frame_size(image: tf.Tensor) -> tf.Tensor:
