@@ -178,8 +178,8 @@ def _taps(coordinate: tf.Tensor, size: tf.Tensor):
     falls in the frame, the index of the second of the 4 taps (int32), the fraction."""
     inside = (coordinate >= 0) & (coordinate < tf.cast(size, tf.float64))
     coordinate -= 0.5
-    first = tf.floor(coordinate)
-    return inside, tf.cast(first, tf.int32), coordinate - first
+    floor = tf.floor(coordinate)
+    return inside, tf.cast(floor, tf.int32), coordinate - floor
 
 
 def _affine(clip: tf.Tensor, matrix, along: str = "xy") -> tf.Tensor:
@@ -205,7 +205,7 @@ def _affine(clip: tf.Tensor, matrix, along: str = "xy") -> tf.Tensor:
     def index(row, column):  # (H W,) into a plane, edge pixels repeated
         return tf.reshape(tf.clip_by_value(row, 0, h - 1) * w + tf.clip_by_value(column, 0, w - 1), [-1])
 
-    # Rows of taps: tap_rows[i][j] for input row y0 - 1 + i, column x0 - 1 + j.
+    # Rows of taps, each interpolated along x (a single tap: fraction 0), then across rows.
     if along == "xy":
         tap_rows = [[index(y0 + i, x0 + j) for j in (-1, 0, 1, 2)] for i in (-1, 0, 1, 2)]
     elif along == "x":
@@ -232,7 +232,7 @@ def _affine(clip: tf.Tensor, matrix, along: str = "xy") -> tf.Tensor:
         value = tf.where(inside, value, tf.constant(FILL, tf.uint8))
         return tf.transpose(tf.reshape(value, [3, h, w]), [1, 2, 0])
 
-    return tf.map_fn(frame_affine, clip)
+    return tf.ensure_shape(tf.map_fn(frame_affine, clip), clip.shape)  # static H, W kept
 
 
 def _translate_rows(clip: tf.Tensor, pixels: tf.Tensor) -> tf.Tensor:
