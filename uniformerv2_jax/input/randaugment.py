@@ -182,6 +182,13 @@ def _taps(coordinate: tf.Tensor, size: tf.Tensor):
     return inside, tf.cast(floor, tf.int32), coordinate - floor
 
 
+def _resampled(value: tf.Tensor, inside: tf.Tensor) -> tf.Tensor:
+    """PIL's interpolated float64 ``value`` clipped and truncated to uint8; FILL where the
+    source point is not ``inside`` the frame."""
+    value = tf.cast(tf.clip_by_value(value, 0.0, 255.0), tf.uint8)
+    return tf.where(inside, value, tf.constant(FILL, tf.uint8))
+
+
 def _affine(clip: tf.Tensor, matrix, along: str = "xy") -> tf.Tensor:
     """PIL's ``transform(AFFINE, matrix, BICUBIC, fillcolor=FILL)`` of every frame.
     (T, H, W, 3) uint8 -> (T, H, W, 3) uint8; ``matrix`` the 6 coefficients (PIL's order).
@@ -227,9 +234,7 @@ def _affine(clip: tf.Tensor, matrix, along: str = "xy") -> tf.Tensor:
             return values[0] if len(values) == 1 else _cubic(*values, dx)
 
         rows = [row(taps) for taps in tap_rows]
-        value = rows[0] if len(rows) == 1 else _cubic(*rows, dy)
-        value = tf.cast(tf.clip_by_value(value, 0.0, 255.0), tf.uint8)
-        value = tf.where(inside, value, tf.constant(FILL, tf.uint8))
+        value = _resampled(rows[0] if len(rows) == 1 else _cubic(*rows, dy), inside)
         return tf.transpose(tf.reshape(value, [3, h, w]), [1, 2, 0])
 
     return tf.ensure_shape(tf.map_fn(frame_affine, clip), clip.shape)  # static H, W kept
@@ -243,8 +248,7 @@ def _translate_rows(clip: tf.Tensor, pixels: tf.Tensor) -> tf.Tensor:
     inside, y0, dy = _taps(tf.range(h, dtype=tf.float64) + 0.5 + tf.cast(pixels, tf.float64), h)
     taps = [tf.cast(tf.gather(clip, tf.clip_by_value(y0 + k, 0, h - 1), axis=1), tf.float64)
             for k in (-1, 0, 1, 2)]
-    value = tf.cast(tf.clip_by_value(_cubic(*taps, dy[:, None, None]), 0.0, 255.0), tf.uint8)
-    return tf.where(inside[:, None, None], value, tf.constant(FILL, tf.uint8))
+    return _resampled(_cubic(*taps, dy[:, None, None]), inside[:, None, None])
 
 
 def _enhance_factor(level: tf.Tensor, sign: tf.Tensor, increasing: bool) -> tf.Tensor:
