@@ -1,8 +1,13 @@
 """Training equals the official training: data/fixtures/train_tiny_a.* (see data/fixtures/README.md).
 
 The official code trained tiny_a three steps on one batch (AdamW lr 1e-3, official
-parameter groups); its float64 twin gives the float32 noise floor of every figure, and
-each check here allows at most a few times that floor.
+parameter groups), in float32 (``train_tiny_a.safetensors``) and in float64
+(``train_tiny_a_f64.safetensors``). Our float32 results are compared with the float64 ones,
+the truth up to float64 round-off. Every bound is :data:`FLOOR_FACTOR` times the official
+float32 run's own error against that truth (its *floor*), the worst over all tensors of the
+figure: one float32 run's worst element is one draw of an extreme, and a float32 run on
+other kernels (another CPU's vector width, FMA use, summation order) draws another. Where
+the truth is ~0 (see ``flat`` below) the bound is derived by hand instead.
 """
 
 import functools
@@ -24,6 +29,9 @@ from uniformerv2_jax.train_step import create_train_state, cross_entropy, train_
 
 FIXTURES = ROOT / "data" / "fixtures"
 LR = 1e-3
+# Headroom over the official float32 floor for a float32 run on other kernels; a defect
+# (a missed weight decay, a wrong epsilon or momentum) moves the figures by far more.
+FLOOR_FACTOR = 10
 ULPS = 4 * np.finfo(np.float32).eps  # a parameter's own float32 rounding, a few times
 
 
@@ -35,8 +43,42 @@ def official():
     batch = {"video": np.transpose(arrays["input"], (0, 2, 3, 4, 1)),
              "label": arrays["labels"].astype(np.int32)}
     return dict(meta=meta, arrays=arrays, ref=load_file(FIXTURES / "train_tiny_a.safetensors"),
+                truth=load_file(FIXTURES / "train_tiny_a_f64.safetensors"),
                 start=load_file(FIXTURES / "tiny_a.safetensors"), model=model,
                 variables=variables, batch=batch)
+
+
+def worst_floor(official, prefixes: tuple[str, ...], error) -> float:
+    """The official float32 run's worst ``error(float32, float64, key)`` over the tensors
+    whose fixture keys start with one of ``prefixes``."""
+    ref, truth = official["ref"], official["truth"]
+    return max(error(ref[k], truth[k], k) for k in ref if k.startswith(prefixes))
+
+
+def relative_to_max(value: np.ndarray, truth: np.ndarray, key: str = "") -> float:
+    return float(np.abs(value - truth).max() / np.abs(truth).max())
+
+
+def relative(value: np.ndarray, truth: np.ndarray, key: str = "") -> float:
+    return float((np.abs(value - truth) / np.abs(truth)).max())
+
+
+def absolute(value: np.ndarray, truth: np.ndarray, key: str = "") -> float:
+    return float(np.abs(value - truth).max())
+
+
+def loss_floor(arrays) -> float:
+    return float(np.max(np.abs(arrays["losses"] - arrays["losses_f64"]) / arrays["losses_f64"]))
+
+
+def adam_step_bound(steps: int, b1: float = 0.9, b2: float = 0.999) -> float:
+    """The largest |m_hat / sqrt(v_hat)| Adam can take at step ``steps`` (in units of lr),
+    over all gradient histories: with m_hat = sum a_i g_i and v_hat = sum b_i g_i**2, the
+    Cauchy-Schwarz bound sqrt(sum a_i**2 / b_i) (about 1.004 at step 3)."""
+    i = np.arange(1, steps + 1)
+    a = (1 - b1) * b1 ** (steps - i) / (1 - b1**steps)
+    b = (1 - b2) * b2 ** (steps - i) / (1 - b2**steps)
+    return float(np.sqrt(np.sum(a**2 / b)))
 
 
 def official_layout(model, state) -> dict[str, np.ndarray]:
@@ -71,57 +113,69 @@ def our_gradients(official) -> dict[str, np.ndarray]:
 
 
 def test_loss_and_every_gradient_equal_the_official_ones(official):
-    arrays, ref = official["arrays"], official["ref"]
-    floors = official["meta"]["f32_vs_f64_per_tensor"]["grad_rel_to_tensor_max"]
+    arrays, truth = official["arrays"], official["truth"]
+    bound = FLOOR_FACTOR * worst_floor(official, ("grad.",), relative_to_max)
     grads = our_gradients(official)
     checked = 0
-    for key, floor in floors.items():
-        expected = ref["grad." + key]
-        error = np.abs(grads[key] - expected).max() / np.abs(expected).max()
-        assert error <= max(4 * floor, 4e-6), (key, error, floor)
+    for key, value in grads.items():
+        if "grad." + key not in truth:
+            continue  # buffers
+        error = relative_to_max(value, truth["grad." + key])
+        assert error <= bound, (key, error, bound)
         checked += 1
-    assert checked == len([k for k in ref if k.startswith("grad.")]) == 155
+    assert checked == len([k for k in truth if k.startswith("grad.")]) == 155
     _, losses = run(official, 1)
-    assert losses[0] == pytest.approx(float(arrays["loss0_f64"]), rel=5e-7)
+    assert losses[0] == pytest.approx(float(arrays["loss0_f64"]), rel=FLOOR_FACTOR * loss_floor(arrays))
 
 
 def test_batchnorm_running_statistics_after_one_and_three_forwards(official):
     """PyTorch's running update: momentum 0.1, the unbiased batch variance."""
-    model, ref = official["model"], official["ref"]
+    model, truth = official["model"], official["truth"]
+    floors = {"running_mean": worst_floor(official, ("bn_after",), lambda v, t, k: absolute(
+                  v, t) if k.endswith("running_mean") else 0.0),
+              "running_var": worst_floor(official, ("bn_after",), lambda v, t, k: relative(
+                  v, t) if k.endswith("running_var") else 0.0)}
+    error = {"running_mean": absolute, "running_var": relative}
     states, _ = run(official, 3)
     for after, state in (("bn_after1.", states[0]), ("bn_after3.", states[2])):
         ours = official_layout(model, state)
-        keys = [k[len(after):] for k in ref if k.startswith(after)]
+        keys = [k[len(after):] for k in truth if k.startswith(after)]
         assert len(keys) == 16  # 8 BatchNorms x (mean, var)
         for key in keys:
-            expected = ref[after + key]
-            if key.endswith("running_var"):
-                np.testing.assert_allclose(ours[key], expected, rtol=1e-6, err_msg=key)
-            else:
-                np.testing.assert_allclose(ours[key], expected, rtol=0, atol=1e-6, err_msg=key)
+            kind = key.rpartition(".")[2]
+            assert error[kind](ours[key], truth[after + key]) <= FLOOR_FACTOR * floors[kind], key
 
 
 def test_three_adamw_steps_give_the_official_parameters(official):
-    model, arrays, ref, start = official["model"], official["arrays"], official["ref"], official["start"]
+    model, arrays, truth, start = official["model"], official["arrays"], official["truth"], official["start"]
     states, losses = run(official, 3)
-    np.testing.assert_allclose(losses, arrays["losses_f64"], rtol=5e-7)
+    np.testing.assert_allclose(losses, arrays["losses_f64"], rtol=FLOOR_FACTOR * loss_floor(arrays))
+
+    def flat(key):
+        # Where the true gradient is ~0 (the key third of in_proj_bias is exactly 0), Adam
+        # turns float32 noise into steps of up to lr: bounded by hand below.
+        grad = np.abs(truth["grad." + key])
+        return grad < 1e-5 * grad.max()
+
+    def moved_error(value, expected, key):
+        key = key.partition(".")[2]
+        moved = np.abs(expected - start[key]).max()
+        return float(np.abs(value - expected)[~flat(key)].max() / moved)
+
+    bound = FLOOR_FACTOR * worst_floor(official, ("after3.",), moved_error)
+    # A flat element: the truth barely moves; float32 noise moves ours by at most
+    # adam_step_bound(t) * lr at step t.
+    flat_bound = LR * sum(adam_step_bound(t) for t in (1, 2, 3))
     after = official_layout(model, states[2])
     compared = loose = 0
     for key, value in after.items():
-        if "after3." + key not in ref:
+        if "after3." + key not in truth:
             continue  # buffers
-        expected, first = ref["after3." + key], start[key]
-        moved = np.abs(expected - first).max()
-        grad = np.abs(ref["grad." + key])
-        # Where the true gradient is ~0 (the key third of in_proj_bias is exactly 0), Adam
-        # turns float32 noise into steps of up to lr, in the official run too: each of the
-        # two runs moves such an element by at most ~lr a step.
-        flat = grad < 1e-5 * grad.max()
-        error = np.abs(value - expected)
-        assert error[~flat].max() <= 6e-4 * moved, (key, error[~flat].max() / moved)  # floor 2.8e-4
-        assert error[flat].max(initial=0) <= 2 * 3 * LR, key
+        expected = truth["after3." + key]
+        assert moved_error(value, expected, "after3." + key) <= bound, key
+        assert np.abs(value - expected)[flat(key)].max(initial=0) <= flat_bound, key
         compared += 1
-        loose += int(flat.sum())
+        loose += int(flat(key).sum())
     assert compared == 155 and loose < 600
 
 
