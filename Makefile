@@ -2,6 +2,8 @@
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
+# The tests also compile for described TPU slices: libtpu (the tpu extra), test runs only.
+TPU_STAMP := $(VENV)/.installed-tpu
 # jemalloc, where installed (apt-get install libjemalloc2), for the CPU's train steps: tests
 # and benchmarks run under it; main.py demo/train/eval/features re-run themselves under it.
 # UNIFORMERV2_JEMALLOC=0 turns it off (uniformerv2_jax/cpu.py; README "CPU: jemalloc, ...").
@@ -16,10 +18,14 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[torch,test]' torch==2.13.0
 	touch $(STAMP)
 
+$(TPU_STAMP): $(STAMP)
+	$(VENV)/bin/pip install --quiet -e '.[torch,test,tpu]' torch==2.13.0
+	touch $(TPU_STAMP)
+
 demo: $(STAMP)
 	$(VENV)/bin/python main.py demo
 
-test: $(STAMP)
+test: $(TPU_STAMP)
 	$(WITH_JEMALLOC) $(VENV)/bin/python -m pytest -q tests
 
 bench: $(STAMP)

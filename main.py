@@ -27,6 +27,15 @@
       SavedModel, signature serving_default), labels.txt, export.json. Both take uint8 frames
       (N, T, H, W, 3) and return float32 logits; they run without this package.
 
+  python main.py compile --config=configs/kinetics.py:k400/b16_8x224 --topology=v5p-64
+      [--num_slices=2] [--batch_per_device=N | --find_batch] [--step=train|eval]
+      [--config.x=y ...] [--json=PATH] [--save=PATH]
+      The exact train (or eval) step of a config compiled ahead of time for a TPU slice
+      (v4-32, v5e-256, v5p-128, v6e-64) or GPU hosts (h100-8, 2xh200-8) that need not be
+      present (the tpu / cuda extra): memory a chip against its HBM, FLOPs, collectives,
+      and on TPU the compiler's step-time estimate and MFU. Exit status 1 when it does not
+      fit. --save keeps the executable for train --compiled=PATH.
+
   python main.py parity
       Converts the shipped official-layout fixture (data/fixtures/tiny_a.*), saves and
       reloads it as an orbax checkpoint, runs the forward pass and prints the logits next
@@ -77,7 +86,7 @@ from uniformerv2_jax import cpu, storage
 
 ROOT = Path(__file__).resolve().parent
 COMMANDS = ("demo", "train", "eval", "predict", "export", "parity", "convert", "write_records",
-            "make_synthetic", "check_records", "features")
+            "make_synthetic", "check_records", "features", "compile")
 JEMALLOC_COMMANDS = ("demo", "train", "eval", "features")  # re-run under jemalloc (uniformerv2_jax/cpu.py)
 
 config_flags.DEFINE_config_file("config", None, "train/eval: configs/<exp>.py[:arg].",
@@ -102,6 +111,19 @@ flags.DEFINE_integer("batch_size", None, "features: clips per step, all hosts (d
 flags.DEFINE_integer("chunk_size", 64, "features: videos per chunk (the unit of resuming).")
 flags.DEFINE_bool("distributed", False, "train/eval/features: call jax.distributed.initialize() "
                   "(automatic on Cloud TPU and SLURM; else give the three flags below).")
+flags.DEFINE_bool("allow_cpu", False, "train/eval/features: run a full-size model (B/16 and up) "
+                  "on the CPU backend instead of stopping (JAX found no TPU or GPU).")
+flags.DEFINE_string("compiled", None, "train: a train step saved by compile --save (refused when "
+                    "the config, devices or libraries differ).")
+flags.DEFINE_string("topology", None, "compile: v4-32, v5e-256, v5p-128, v6e-64 (Cloud TPU names), "
+                    "h100-8, 2xh200-8 (GPU hosts), local (this host's devices).")
+flags.DEFINE_integer("num_slices", 1, "compile: TPU slices (data parallel across them, "
+                     "config.mesh.dcn_data).")
+flags.DEFINE_integer("batch_per_device", None, "compile: clips (train) or videos (eval) a chip "
+                     "(default: config.batch_size over the batch-sharded chips).")
+flags.DEFINE_bool("find_batch", False, "compile: find the largest batch a chip that fits.")
+flags.DEFINE_enum("step", "train", ["train", "eval"], "compile: which step.")
+flags.DEFINE_string("save", None, "compile: write the compiled step here (PATH and PATH.json).")
 flags.DEFINE_string("coordinator_address", None, "multi-host: HOST:PORT of process 0.")
 flags.DEFINE_integer("num_processes", None, "multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "multi-host: this process's index.")
@@ -147,7 +169,22 @@ flags.DEFINE_integer("videos_per_class", 96, "make_synthetic: training videos pe
 flags.DEFINE_integer("val_per_class", 24, "make_synthetic: validation videos per class.")
 flags.DEFINE_string("data", None, "check_records: record shards, comma-separated globs.")
 flags.DEFINE_integer("num_classes", None, "check_records: class count (labels >= N are bad).")
-flags.DEFINE_bool("json", False, "check_records: print the report as one JSON object.")
+
+
+class _SwitchOrText(flags.ArgumentParser):
+    """A flag given bare (``--json``: "true") or with a value (``--json=PATH``)."""
+
+    def parse(self, argument):
+        return str(argument)
+
+    def flag_type(self):
+        return "string"
+
+
+flags.DEFINE_flag(flags.Flag(_SwitchOrText(), flags.ArgumentSerializer(), "json", None,
+                             "check_records: --json prints the report as one JSON object. "
+                             "compile: --json=PATH writes the report (one JSON object) there.",
+                             boolean=True))
 FLAGS = flags.FLAGS
 
 
@@ -162,8 +199,7 @@ def parse_model_args(items: list[str]) -> dict:
 
 
 def convert() -> None:
-    from uniformerv2_jax.convert import (from_clip, from_official, to_official, transfer_head,
-                                         write_state_dict)
+    from uniformerv2_jax.convert import from_clip, from_official, to_official, transfer_head, write_state_dict
     from uniformerv2_jax.convert.mmaction2 import from_mmaction2, write_mmaction2
     from uniformerv2_jax.convert.saved import load_converted, save_converted
 
@@ -261,7 +297,7 @@ def check_records() -> None:
             raise app.UsageError(f"--num_classes={FLAGS.num_classes} but --classes lists {num_classes}")
     report = doctor.check_records(files, num_classes, workers=FLAGS.workers or os.cpu_count() or 1,
                                   progress=sys.stderr.isatty())
-    print(json.dumps(report) if FLAGS.json else doctor.format_report(report))
+    print(json.dumps(report) if FLAGS.json not in (None, "false") else doctor.format_report(report))
     if report["bad"]:
         sys.exit(1)
 
@@ -274,13 +310,26 @@ def initialize_distributed() -> None:
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
 
 
+def announce_devices(width: int) -> None:
+    """The start-up line (backend, devices, processes); stops a full-size model on the CPU
+    backend unless --allow_cpu."""
+    from uniformerv2_jax import topology
+
+    print(topology.local_summary(), flush=True)
+    try:
+        topology.check_backend(width, FLAGS.allow_cpu)
+    except RuntimeError as error:
+        sys.exit(f"error: {error}")
+
+
 def train_command() -> None:
     from uniformerv2_jax import train
 
     if FLAGS.config is None or not FLAGS.workdir:
         raise app.UsageError("train needs --config=configs/<exp>.py[:arg] and --workdir=DIR")
     initialize_distributed()
-    results = train.train(FLAGS.config, FLAGS.workdir)
+    announce_devices(FLAGS.config.model.width)
+    results = train.train(FLAGS.config, FLAGS.workdir, compiled=FLAGS.compiled)
     if results.get("top1") is not None:
         print(f"validation: top1 {results['top1']:.4f}  top5 {results['top5']:.4f}  "
               f"mean-class {results['mean_class_accuracy']:.4f} ({results['videos']} videos); "
@@ -294,6 +343,7 @@ def eval_command() -> None:
         raise app.UsageError("eval needs --workdir=DIR (a training run)")
     initialize_distributed()
     config = FLAGS.config or evaluate.load_workdir_config(FLAGS.workdir)
+    announce_devices(config.model.width)
     results = evaluate.evaluate_workdir(FLAGS.workdir, config, FLAGS.checkpoint or "best")
     print(f"step {results['step']}: top1 {results['top1']:.4f}  top5 {results['top5']:.4f}  "
           f"mean-class {results['mean_class_accuracy']:.4f} over {results['videos']} videos "
@@ -328,6 +378,7 @@ def features_command() -> None:
     initialize_distributed()
     ckpt = predict.load_checkpoint(FLAGS.checkpoint)
     m = ckpt.model
+    announce_devices(m.width)
     views = (1, 1) if window else (ckpt.num_clips, ckpt.num_crops)  # windows: one centre view
     sampling = Sampling(m.t_size, m.input_resolution, FLAGS.num_clips or views[0],
                         FLAGS.num_crops or views[1], window, stride or window, FLAGS.video_fps)
@@ -338,6 +389,49 @@ def features_command() -> None:
         print(f"{report['videos']} videos ({report['chunks_kept']} of {report['chunks']} chunks kept "
               f"from an earlier run): {report['written']} written, {report['failed']} failed "
               f"(listed in {report['failures_file']}); index {report['index']}")
+
+
+def compile_command() -> None:
+    from uniformerv2_jax import topology
+
+    if topology.needs_deviceless(FLAGS.topology or ""):
+        topology.deviceless_environment()  # before JAX starts a backend: compile-only devices
+    from uniformerv2_jax import aot, executable
+
+    if FLAGS.config is None or not FLAGS.topology:
+        raise app.UsageError("compile needs --config=configs/<exp>.py[:arg] and --topology=NAME "
+                             "(e.g. v5p-64, v5e-256, v6e-64, h100-8)")
+    if FLAGS.find_batch and FLAGS.batch_per_device:
+        raise app.UsageError("give --batch_per_device=N or --find_batch, not both")
+    if FLAGS.json == "true":
+        raise app.UsageError("compile: --json=PATH (where to write the report)")
+    try:
+        target = topology.describe(FLAGS.topology, FLAGS.num_slices)
+    except ValueError as error:
+        raise app.UsageError(str(error))
+    config = FLAGS.config
+    if FLAGS.find_batch:
+        result = aot.find_batch(config, target, FLAGS.step, progress=lambda r: print(
+            f"  {r['batch_per_device']} a chip: " + (f"fits, peak {r['peak_gib']:.2f} GiB"
+                                                     if r["fits"] else "does not fit"), flush=True))
+    else:
+        batch = FLAGS.batch_per_device
+        if batch is None:
+            total = config.batch_size if FLAGS.step == "train" else config.eval_batch_size
+            shards = aot.batch_shards(config, target)
+            if total % shards:
+                raise app.UsageError(f"config batch {total} does not split over {shards} chips: "
+                                     "give --batch_per_device")
+            batch = max(1, total // shards)
+        result = aot.compile_step(config, target, batch, FLAGS.step)
+    print(aot.format_report(result.report))
+    if FLAGS.json:
+        aot.dump(result.report, FLAGS.json)
+    if FLAGS.save and result.compiled is not None:
+        executable.save(result.compiled, result.report, FLAGS.save)
+        print(f"wrote {FLAGS.save} (and {FLAGS.save}.json): train --compiled={FLAGS.save}")
+    if not result.report["fits"]:
+        sys.exit(1)
 
 
 def export_command() -> None:
@@ -384,7 +478,7 @@ def main(argv: list[str]) -> None:
      "export": export_command,
      "parity": parity, "convert": convert, "write_records": write_records,
      "make_synthetic": make_synthetic, "check_records": check_records,
-     "features": features_command}[argv[1]]()
+     "features": features_command, "compile": compile_command}[argv[1]]()
 
 
 if __name__ == "__main__":

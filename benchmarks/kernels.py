@@ -26,7 +26,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from uniformerv2_jax.layers import DepthwiseConv3D, attention, choose_kernels  # noqa: E402
+from uniformerv2_jax.kernels import choose_kernels  # noqa: E402
+from uniformerv2_jax.layers import DepthwiseConv3D, attention  # noqa: E402
 
 
 def milliseconds(fn, args, repeats: int) -> float:

@@ -11,10 +11,41 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from uniformerv2_jax import topology  # noqa: E402
+
+# The CPU backend, and libtpu (where installed) only for described TPUs: in this process
+# and in the commands the tests start.
+topology.deviceless_environment()
 jax.config.update("jax_default_matmul_precision", "highest")
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "data" / "fixtures"
+
+
+def _float32_floors() -> tuple[float, float, float, float]:
+    layers = json.loads((FIXTURES / "tiny_a_layers.json").read_text())["checks"]
+    training = json.loads((FIXTURES / "train_tiny_a.json").read_text())["f32_vs_f64"]
+    return (layers["f32_vs_f64_logits_max_abs_diff"], layers["f32_vs_f64_block_outputs_max_abs_diff"],
+            training["grad_worst_rel"], training["losses_rel"])
+
+
+# Float32 bounds of the model's figures, each a stated multiple of the official float32
+# result's error against its float64 twin (the floors of data/fixtures, see its README): any
+# float32 computation of the model (the official one, ours, ours compiled another way) lies
+# about a floor from the truth, so two of them about twice that; the rest of the factor is
+# room for other CPUs' kernels.
+LOGITS_FLOOR, TOKENS_FLOOR, GRADIENT_FLOOR, LOSS_FLOOR = _float32_floors()
+LOGITS_ATOL = 10 * LOGITS_FLOOR  # logits (absolute; values of a few units)
+TOKENS_ATOL = 5 * TOKENS_FLOOR  # tokens, queries and class tokens after blocks, the head's input
+GRADIENT_RTOL = 10 * GRADIENT_FLOOR  # a gradient, relative to its tensor's largest magnitude
+
+
+def assert_close_to_max(actual, expected, rtol: float, err_msg: str = "") -> None:
+    """Equal within ``rtol`` of the expected array's largest magnitude: float32 noise scales
+    with the largest terms of the sums, not with each element."""
+    expected = np.asarray(expected)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * float(np.abs(expected).max()),
+                               err_msg=err_msg)
 
 
 @pytest.fixture(scope="session")

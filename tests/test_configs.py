@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import pytest
 from conftest import ROOT
 
+from uniformerv2_jax import aot, experiment, train
 from uniformerv2_jax import config as config_lib
-from uniformerv2_jax import experiment, train
 from uniformerv2_jax.input import sources
 
 CONFIG_FILES = sorted((ROOT / "configs").glob("*.py"))
@@ -56,29 +56,6 @@ def test_the_zoo_is_complete():
         assert expected in names
 
 
-def batch_spec(config) -> dict[str, jax.ShapeDtypeStruct]:
-    """The global training batch the config asks of the pipeline."""
-    m, b = config.model, config.batch_size
-    clip = (m.t_size, m.input_resolution, m.input_resolution, 3)
-    spec = {"video": jax.ShapeDtypeStruct((b, *clip), jnp.float32),
-            "label": jax.ShapeDtypeStruct((b,), jnp.int32)}
-    d = config.data
-    if d.mixup_alpha > 0 or d.cutmix_alpha > 0 or d.label_smoothing > 0:
-        spec["targets"] = jax.ShapeDtypeStruct((b, m.num_classes), jnp.float32)
-    return spec
-
-
-def eval_batch_spec(config) -> dict[str, jax.ShapeDtypeStruct]:
-    """The global evaluation batch: every video with its clips x crops views."""
-    m, b = config.model, config.eval_batch_size
-    views = config.data.num_clips * config.data.num_crops
-    clip = (m.t_size, m.input_resolution, m.input_resolution, 3)
-    return {"video": jax.ShapeDtypeStruct((b, views, *clip), jnp.float32),
-            "label": jax.ShapeDtypeStruct((b,), jnp.int32),
-            "mask": jax.ShapeDtypeStruct((b,), jnp.bool_),
-            "bad": jax.ShapeDtypeStruct((b,), jnp.int32)}
-
-
 @pytest.mark.parametrize("file, arg", EXPERIMENTS, ids=[f"{f}:{a}" for f, a in EXPERIMENTS])
 def test_config_builds_its_model_and_batch_spec(file, arg):
     config = load(ROOT / "configs" / file).get_config(arg)
@@ -88,11 +65,11 @@ def test_config_builds_its_model_and_batch_spec(file, arg):
         config.init_from = "scratch"
     config_lib.validate(config)
     model = config_lib.build_model(config)
-    spec = batch_spec(config)
+    spec = aot.train_batch_spec(config)
     frames, crop = config.model.t_size, config.model.input_resolution
     assert spec["video"].shape == (config.batch_size, frames, crop, crop, 3)
     assert spec["label"].shape == (config.batch_size,)
-    assert eval_batch_spec(config)["video"].shape == (
+    assert aot.eval_batch_spec(config)["video"].shape == (
         config.eval_batch_size, config.data.num_clips * config.data.num_crops, frames, crop, crop, 3)
     one = jax.ShapeDtypeStruct((1, *spec["video"].shape[1:]), jnp.float32)
     variables = jax.eval_shape(model.clone(scan=True).init, jax.random.key(0), one)
@@ -111,7 +88,7 @@ def test_batch_specs_match_what_the_pipelines_yield(synthetic_records):
     source = sources.resolve(config.data.train, "data.train")
     exp = experiment.build(config, 16)
     batch = next(train.train_stream(exp, source, (0, 0)))
-    for key, spec in batch_spec(config).items():
+    for key, spec in aot.train_batch_spec(config).items():
         assert batch[key].shape == spec.shape and batch[key].dtype == spec.dtype, key
 
 
@@ -293,4 +270,4 @@ def test_the_pipelines_read_the_clip_and_classes_from_the_model(synthetic_record
     source = sources.resolve(config.data.train, "data.train")
     batch = next(train.train_stream(exp, source, (0, 0)))
     assert batch["video"].shape == (8, 8, 24, 24, 3) and batch["targets"].shape == (8, 3)
-    assert batch_spec(config)["targets"].shape == (8, 3)
+    assert aot.train_batch_spec(config)["targets"].shape == (8, 3)

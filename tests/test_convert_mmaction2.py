@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import LOGITS_ATOL, ROOT
 from safetensors.numpy import save_file
 
 from uniformerv2_jax.convert import from_mmaction2, from_official, read_state_dict, to_mmaction2
@@ -62,15 +62,15 @@ def test_mmaction2_checkpoint_reproduces_mmaction2_logits(tmp_path, mma, loader)
     else:
         model, variables = from_mmaction2(pth, config=config, scan=True)
     logits = logits_of(model, variables, data)
-    np.testing.assert_allclose(logits, data["logits"], rtol=0, atol=1e-5)
-    np.testing.assert_allclose(logits, data["official_logits"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(logits, data["logits"], rtol=0, atol=LOGITS_ATOL)
+    np.testing.assert_allclose(logits, data["official_logits"], rtol=0, atol=LOGITS_ATOL)
 
 
 def test_init_from_official_accepts_an_mmaction2_checkpoint(mma):
     pth, config, _, data = mma
     model = model_from_official_kwargs(**read_mmaction2_config(config))
     source, variables = source_variables(f"official:{pth}", model, seed=0)
-    np.testing.assert_allclose(logits_of(source, variables, data), data["logits"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(logits_of(source, variables, data), data["logits"], rtol=0, atol=LOGITS_ATOL)
 
 
 def test_config_describes_the_same_model_as_the_weights(mma):

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, randomize, tiny_fields
+from conftest import LOGITS_ATOL, ROOT, randomize, tiny_fields
 from safetensors.numpy import save_file
 
 from uniformerv2_jax import UniFormerV2, from_official, to_official, transfer_head
@@ -92,7 +92,7 @@ def test_wrapped_and_prefixed_checkpoints_load(tmp_path, golden):
     video = np.transpose(data["input"], (0, 2, 3, 4, 1))
     for name in ("bare.pth", "train.pyth"):
         model, variables = from_official(tmp_path / name, heads=4)
-        np.testing.assert_allclose(jax.jit(model.apply)(variables, video), data["logits"], atol=1e-5)
+        np.testing.assert_allclose(jax.jit(model.apply)(variables, video), data["logits"], atol=LOGITS_ATOL)
 
 
 def test_mismatches_list_every_offending_key(tmp_path, golden, tiny_a_config):

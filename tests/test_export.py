@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, randomize, tiny_fields, tiny_train_config
+from conftest import LOGITS_ATOL, ROOT, randomize, tiny_fields, tiny_train_config
 
 from uniformerv2_jax import export, predict, storage
 from uniformerv2_jax.checkpoint import Checkpoints
@@ -85,7 +85,7 @@ def test_jax_artifact_runs_without_this_package_and_equals_the_flax_logits(tiny,
     reference = flax_logits(model, variables, np.load(root / "frames.npy"))
     for n in (1, 3):  # traced with a symbolic batch: any size runs
         assert out[str(n)].shape == (n, 5) and out[str(n)].dtype == np.float32
-        np.testing.assert_allclose(out[str(n)], reference[:n], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(out[str(n)], reference[:n], rtol=0, atol=LOGITS_ATOL)
 
 
 def test_saved_model_serves_with_tensorflow_alone_and_equals_the_flax_logits(tiny, exported, tmp_path):
@@ -94,7 +94,7 @@ def test_saved_model_serves_with_tensorflow_alone_and_equals_the_flax_logits(tin
                     tmp_path=tmp_path)
     reference = flax_logits(model, variables, np.load(root / "frames.npy"))
     for n in (1, 3):
-        np.testing.assert_allclose(out[f"logits{n}"], reference[:n], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(out[f"logits{n}"], reference[:n], rtol=0, atol=LOGITS_ATOL)
         np.testing.assert_allclose(out[f"probabilities{n}"], jax.nn.softmax(reference[:n]), atol=1e-6)
     signature = tf.saved_model.load(str(exported / export.SAVED_MODEL_DIR)).signatures["serving_default"]
     (spec,) = signature.structured_input_signature[1].values()
@@ -147,7 +147,7 @@ def test_a_model_set_for_a_gpus_kernels_exports_with_portable_ones(tiny):
     assert export.serving_model(gpu_model).kernels == export.PORTABLE_KERNELS
     exported = jax.export.deserialize(export.export_jax(gpu_model, variables, platforms=("cpu", "tpu")))
     np.testing.assert_allclose(np.asarray(exported.call(frames)), flax_logits(model, variables, frames),
-                               rtol=0, atol=1e-5)
+                               rtol=0, atol=LOGITS_ATOL)
 
 
 def test_normalisation_is_the_input_pipelines_exactly():
@@ -183,7 +183,7 @@ def test_a_training_workdir_exports_its_best_checkpoint_and_class_list(workdir, 
     frames = np.random.default_rng(1).integers(0, 256, (3, 4, 32, 32, 3), dtype=np.uint8)
     exported = jax.export.deserialize((out / export.JAX_FILE).read_bytes())
     np.testing.assert_allclose(exported.call(frames), flax_logits(loaded.model, state.variables, frames),
-                               rtol=0, atol=1e-5)
+                               rtol=0, atol=LOGITS_ATOL)
 
 
 def test_bad_flags_and_an_existing_output_are_named(tiny, tmp_path):
@@ -210,7 +210,7 @@ def test_export_to_gcs_is_published_complete(tiny, gcs):
     frames = np.load(root / "frames.npy")
     reference = flax_logits(model, variables, frames)
     exported = jax.export.deserialize((out / export.JAX_FILE).read_bytes())
-    np.testing.assert_allclose(exported.call(frames[:2]), reference[:2], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(exported.call(frames[:2]), reference[:2], rtol=0, atol=LOGITS_ATOL)
     serve = tf.saved_model.load(str(out / export.SAVED_MODEL_DIR)).signatures["serving_default"]
     np.testing.assert_allclose(serve(frames=tf.constant(frames[:2]))["logits"], reference[:2], rtol=0,
-                               atol=1e-5)
+                               atol=LOGITS_ATOL)

@@ -14,7 +14,7 @@ import time
 import jax
 import numpy as np
 import tensorflow as tf
-from conftest import ROOT, tiny_train_config
+from conftest import LOGITS_ATOL, ROOT, tiny_train_config
 from test_checkpoint import ABSTRACT, state
 from test_fault_injection import final_params, losses
 
@@ -138,7 +138,7 @@ def test_a_run_entirely_on_gcs_equals_the_local_run_and_every_command_works(
     model, converted = load_converted(f"gs://{BUCKET}/converted/tiny_a")
     fixture = np.load(ROOT / "data/fixtures/tiny_a.npz")
     logits = jax.jit(model.apply)(converted, np.transpose(fixture["input"], (0, 2, 3, 4, 1)))
-    np.testing.assert_allclose(logits, fixture["logits"], atol=1e-5)
+    np.testing.assert_allclose(logits, fixture["logits"], atol=LOGITS_ATOL)
 
     # write_records: videos in the bucket -> shards in the bucket.
     synthetic.write_dataset(f"gs://{BUCKET}/videos/train", 2, frames=16, size=32)

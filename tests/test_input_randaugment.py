@@ -65,7 +65,10 @@ def test_ops_compute_what_pil_computes(name):
         expected = np.stack([np.asarray(pil_op(name, Image.fromarray(f), level, sign)) for f in frames])
         args = (tf.constant(frames), tf.constant(level), tf.constant(sign))
         np.testing.assert_array_equal(OPS[name](*args).numpy(), expected, err_msg=name)
-        # Compiled with XLA: the same, but for a fused multiply-add in the interpolation.
+        # Compiled with XLA: the same, but for a fused multiply-add in the interpolation. It
+        # moves the interpolated value by about a float32 ulp (255 * 2**-23 ~ 3e-5 of a
+        # level): the rounded level changes by at most 1, and only where the exact value is
+        # that close to a half level, for far fewer than 1e-3 of the pixels.
         difference = np.abs(COMPILED[name](*args).numpy().astype(int) - expected)
         if name in GEOMETRIC:
             assert difference.max() <= 1 and (difference > 0).mean() < 1e-3, name
@@ -99,7 +102,8 @@ def test_one_draw_per_clip_and_deterministic_given_the_seed():
             np.testing.assert_array_equal(out[t], out[0])
         compiled = transforms.augment_clip(tf.cast(clip, tf.float32), tf.constant(False), ops,
                                            spec.increasing, mean=(0, 0, 0), std=(1, 1, 1))
-        assert np.abs(compiled.numpy() * 255 - out).max() <= 1.01  # the compiled program
+        # The compiled program: at most one level (as above), plus float32 rounding of /255.
+        assert np.abs(compiled.numpy() * 255 - out).max() <= 1.01
         outputs.append(out)
     again = randaugment.apply(clip, randaugment.draw(tf.constant([3, 9]), spec), True).numpy()
     np.testing.assert_array_equal(again, outputs[3])

@@ -58,7 +58,9 @@ def test_every_common_container_decodes_to_nearly_the_same_prediction(converted)
     model, variables, _, _, files = converted
     probs = {s: predict.predict(model, variables, predict.video_views(
         f, clip_frames=4, crop_size=32, num_clips=1, num_crops=3)) for s, f in files.items()}
-    for suffix in (".webm", ".avi"):  # lossy codecs: close, not equal
+    # Lossy codecs: close, not equal. Not float32 noise: PyAV's own decoders give the same
+    # pixels on any CPU, so the bound is a choice (a twentieth of probability), not a floor.
+    for suffix in (".webm", ".avi"):
         np.testing.assert_allclose(probs[suffix], probs[".mp4"], atol=0.05)
 
 

@@ -7,7 +7,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import tiny_train_config
+from conftest import LOSS_FLOOR, tiny_train_config
 
 from uniformerv2_jax import config as config_lib
 from uniformerv2_jax import evaluate, experiment, train
@@ -65,7 +65,8 @@ def test_training_reduces_the_loss_and_writes_its_logs(finished_run):
     exp = experiment.build(config, 16)
     before = training_set_loss(config, exp, train.initial_state(exp))
     after = training_set_loss(config, *evaluate.restore(workdir, config, "latest")[:2])
-    assert after < before - 0.01, (before, after)  # measured: 0.727 -> 0.708 in 6 steps
+    # Lower by more than float32 noise: 10x the official loss floor (data/fixtures).
+    assert after < before * (1 - 10 * LOSS_FLOOR), (before, after)
     loss = losses(workdir)
     assert sorted(loss) == [1, 2, 3, 4, 5, 6]
     assert all(np.isfinite(list(loss.values())))

@@ -163,7 +163,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep = 3  # last checkpoints kept, besides the best by validation top-1
     c.nonfinite = "stop"  # NaN/Inf loss or gradients: "stop", or "skip" the update
     c.profile_steps = ""  # "N-M": a JAX profiler trace of steps N..M in WORKDIR/profile
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))  # -1: the rest
+    # -1: the rest. dcn_data: how many slices (TPU) the data axis spans, over the data-centre
+    # network; it must equal the slices of the devices (multi-slice training).
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1))
     c.axis_rules = AXIS_RULES
     return c
 
@@ -240,6 +242,8 @@ def validate(c: ml_collections.ConfigDict, training: bool = True) -> None:
     sizes = [c.mesh[a] for a in ("data", "fsdp", "tensor")]
     if any(s == 0 or s < -1 for s in sizes) or sizes.count(-1) > 1:
         _fail("mesh", f"{dict(c.mesh)}: sizes must be positive, with at most one -1")
+    if c.mesh.get("dcn_data", 1) < 1:
+        _fail("mesh.dcn_data", f"{c.mesh.dcn_data}: the number of slices the data axis spans, >= 1")
 
 
 def profile_window(c: ml_collections.ConfigDict) -> range:

@@ -42,6 +42,14 @@ def eval_counts(state: TrainState, batch: dict, model: UniFormerV2) -> dict[str,
             "bad": jnp.sum(batch["bad"])}
 
 
+def jit_eval_step(exp: Experiment) -> Callable:
+    """``(state, global batch) -> counts`` (:func:`eval_counts`); call (and lower) it inside
+    ``sharding.activate(exp.mesh, exp.rules)``."""
+    return jax.jit(functools.partial(eval_counts, model=exp.model),
+                   in_shardings=(exp.state_shardings, sharding.batch_sharding(exp.mesh)),
+                   out_shardings=sharding.replicated(exp.mesh))
+
+
 def accumulate(step: Callable[[dict], dict], batches: Iterable[dict]) -> dict[str, np.ndarray]:
     """Runs ``step`` over ``batches`` and sums its counts (fetched once, at the end)."""
     totals = None
@@ -99,9 +107,7 @@ def run_eval(exp: Experiment, state: TrainState, source, class_names: Sequence[s
         clip_frames=m.t_size, crop_size=m.input_resolution, num_classes=m.num_classes,
         num_batches=num_batches or eval_batch_count(exp, source))
     with sharding.activate(exp.mesh, exp.rules):
-        step = jax.jit(functools.partial(eval_counts, model=exp.model),
-                       in_shardings=(exp.state_shardings, sharding.batch_sharding(exp.mesh)),
-                       out_shardings=sharding.replicated(exp.mesh))
+        step = jit_eval_step(exp)
         counts = accumulate(
             lambda b: step(state, sharding.global_batch(b, exp.mesh)),
             ({k: b[k] for k in ("video", "label", "mask", "bad")}

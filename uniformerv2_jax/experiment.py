@@ -8,7 +8,6 @@ before anything is traced.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -21,6 +20,7 @@ from uniformerv2_jax import config as config_lib
 from uniformerv2_jax import presets, sharding
 from uniformerv2_jax.model import UniFormerV2
 from uniformerv2_jax.optim import learning_rate_schedule, make_optimizer
+from uniformerv2_jax.topology import platform_of
 from uniformerv2_jax.train_step import TrainState
 
 
@@ -56,8 +56,9 @@ def build(config: ml_collections.ConfigDict, train_examples: int | None = None,
     (evaluation, prediction) the schedule is a placeholder of ``config.train_steps`` or 1
     step an epoch. ``devices`` (default: all) are those the mesh spans.
     """
-    model = config_lib.build_model(config)
     mesh = sharding.make_mesh(config.mesh, devices)
+    # Kernels and remat follow the devices compiled for, which need not be the local ones.
+    model = config_lib.build_model(config).clone(platform=platform_of(mesh.devices.flat[0]))
     # Before anything is traced: a split the mesh cannot make would fail at the first jit.
     config_lib.check_mesh(config, model, mesh.shape, training=train_examples is not None)
     # The official loader drops the last partial batch: an epoch is whole batches.
@@ -71,7 +72,9 @@ def build(config: ml_collections.ConfigDict, train_examples: int | None = None,
                         eps=o.eps, clip_norm=o.clip_norm or None)
     rules = tuple(tuple(rule) for rule in config.axis_rules)
     with sharding.activate(mesh, rules):
-        boxed = jax.eval_shape(functools.partial(random_state, model, tx), jax.random.key(0))
+        # The key is made inside the traced function: the mesh's devices may be described
+        # ones (an ahead-of-time compile), on which nothing concrete can be created.
+        boxed = jax.eval_shape(lambda: random_state(model, tx, jax.random.key(0)))
         state_shardings = sharding.logical_shardings(boxed, mesh, rules)
     abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                   nn.unbox(boxed), state_shardings)

@@ -24,7 +24,9 @@ CONV_KERNELS = ("shifted", "grouped")  # fused shifted sums (ours); lax.conv_gen
 #   backward (1-3x forward), and the shifted sums, one fused loop, 8-300x faster than the
 #   grouped convolution, which XLA:CPU runs as a generic convolution.
 # * gpu: cudnn+shifted where cuDNN's flash attention applies (16-bit compute, head_dim a
-#   multiple of 8 up to 128), else matmul+shifted. Not measured (no GPU in this session):
+#   multiple of 8 up to 128, an even number of tokens: JAX's cuDNN path trains only on even
+#   sequence lengths, and a frame's 1 + grid**2 tokens are odd for every even grid, B/16's
+#   197 and L/14's 257 among them), else matmul+shifted. Not measured on a GPU:
 #   flash attention never writes the (L, L) probabilities to memory, and cuDNN has no fast
 #   3D depthwise kernel (pytorch/pytorch#37406; XLA:GPU's grouped-convolution backward is
 #   as slow as a dense one, jax-ml/jax#13800), while the shifted sums are one memory-bound
@@ -55,26 +57,32 @@ def parse_kernels(value: str) -> Kernels | None:
     return Kernels(attention_kernel, conv_kernel)
 
 
-def cudnn_attention_problem(dtype: Dtype, head_dim: int, backend: str) -> str | None:
-    """Why cuDNN's flash attention cannot run here, or None when it can."""
+def cudnn_attention_problem(dtype: Dtype, head_dim: int, backend: str,
+                            tokens: int | None = None) -> str | None:
+    """Why cuDNN's flash attention cannot run (or train, for ``tokens`` a sequence) here,
+    or None when it can."""
     if backend != "gpu":
         return f"cuDNN attention needs a GPU, and the backend is {backend!r}"
     if jnp.dtype(dtype) not in (jnp.bfloat16, jnp.float16):
         return f"cuDNN flash attention needs 16-bit compute, and dtype is {jnp.dtype(dtype).name}"
     if head_dim % 8 or head_dim > 128:
         return f"cuDNN flash attention needs head_dim a multiple of 8 up to 128, not {head_dim}"
+    if tokens is not None and tokens % 2:
+        return f"JAX's cuDNN attention trains only on an even number of tokens, not {tokens}"
     return None
 
 
-def choose_kernels(value: str, dtype: Dtype, head_dim: int, backend: str | None = None) -> Kernels:
+def choose_kernels(value: str, dtype: Dtype, head_dim: int, backend: str | None = None,
+                   tokens: int | None = None) -> Kernels:
     """``UniFormerV2.kernels`` resolved for ``backend`` (default: JAX's default backend):
-    "auto" per :data:`AUTO_KERNELS` (cuDNN only where it applies), an explicit choice as
-    given. An explicit cuDNN attention that cannot run raises ValueError naming the field."""
+    "auto" per :data:`AUTO_KERNELS` (cuDNN only where it applies to sequences of
+    ``tokens``), an explicit choice as given. An explicit cuDNN attention that cannot run
+    raises ValueError naming the field."""
     backend = backend or jax.default_backend()
     kernels = parse_kernels(value)
     if kernels is None:
         kernels = parse_kernels(AUTO_KERNELS.get(backend, "matmul+shifted"))
-        if kernels.attention == "cudnn" and cudnn_attention_problem(dtype, head_dim, backend):
+        if kernels.attention == "cudnn" and cudnn_attention_problem(dtype, head_dim, backend, tokens):
             kernels = kernels._replace(attention="matmul")
     elif kernels.attention == "cudnn" and (problem := cudnn_attention_problem(dtype, head_dim, backend)):
         raise ValueError(f"UniFormerV2.kernels={value!r}: {problem}; 'auto' picks "

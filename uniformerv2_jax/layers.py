@@ -361,20 +361,22 @@ def _lifted_remat(fn: Callable, static_argnums: Sequence[int] = ()) -> Callable:
 
 
 def remat(module_class: type[nn.Module], static_argnums: Sequence[int] = ()) -> type[nn.Module]:
-    """``nn.remat(module_class, static_argnums=...)`` (``self`` is argument 0) that saves
-    memory on every backend: the backward pass recomputes the module from its saved
-    arguments, and nothing else is kept from the forward.
+    """``nn.remat(module_class, static_argnums=...)`` (``self`` is argument 0) for XLA:CPU:
+    the backward pass recomputes the module from its saved arguments, and nothing else is
+    kept from the forward.
 
     ``nn.remat`` (``jax.checkpoint``) keeps its recomputation apart from the forward with an
     optimization barrier over the saved values and the cotangent, but XLA:CPU removes
     optimization barriers before it schedules (``OptimizationBarrierExpander`` right after
     ``HloCSE``, XLA's ``cpu_compiler.cc``), and its scheduler then runs each layer's
     recomputation right after that layer's forward: every recomputed activation lives
-    until the backward, and remat costs a forward and saves nothing (B/16 8x224 batch 2:
-    the same 5.28 GB of temporaries). Here the recomputation reads its arguments through
-    :func:`_after`, a real data dependence on the cotangent that no backend can schedule
-    ahead of the backward pass nor merge with the forward. A custom VJP: forward-mode
-    differentiation (``jax.jvp``) of the wrapped module is not supported.
+    until the backward, and remat costs a forward and saves nothing. Here the
+    recomputation reads its arguments through :func:`_after`, a data dependence on the
+    cotangent that XLA:CPU cannot schedule ahead of the backward pass. Only for XLA:CPU:
+    the TPU and GPU compilers keep ``nn.remat``'s barriers, and the TPU compiler sees
+    through the added zero and merges this recomputation with the forward (docs/tpu.md).
+    A custom VJP: forward-mode differentiation (``jax.jvp``) of the wrapped module is not
+    supported.
     """
     return nn.transforms.lift_transform(_lifted_remat, module_class,
                                         static_argnums=tuple(i - 1 for i in static_argnums))

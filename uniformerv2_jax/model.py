@@ -289,6 +289,10 @@ class UniFormerV2(nn.Module):
     scan: bool = False  # nn.scan over runs of identical layers: compile time O(1) in depth
     remat: bool = False  # rematerialise each layer in the backward pass
     kernels: str = "auto"  # attention and depthwise-conv forms: see kernels.choose_kernels
+    # The backend compiled for ("cpu", "gpu", "tpu"): "auto" kernels and remat's form follow
+    # it. None: jax.default_backend() when traced. experiment.build sets the mesh's, which
+    # differs from the default when compiling for described devices; never stored.
+    platform: str | None = None
 
     def __post_init__(self):
         validate_fields(self)
@@ -351,8 +355,17 @@ class UniFormerV2(nn.Module):
                    **scan_kwargs) -> nn.Module:
         """The UniLayer module for layers with ``rates`` (scanned over them when ``scan_kwargs``)."""
         cls = UniLayer
-        if self.remat:  # scanned: recomputed in its loop iteration; unrolled: see layers.remat
-            cls = nn.remat(cls, prevent_cse=False, static_argnums=(3,)) if scan_kwargs else remat(cls, (3,))
+        backend = self.platform or jax.default_backend()
+        if self.remat:
+            # Scanned: recomputed in its loop iteration (nothing to keep apart from the
+            # forward). Unrolled: nn.remat's optimization barriers keep the recomputation
+            # for the backward pass, except on XLA:CPU, which drops them (layers.remat).
+            if scan_kwargs:
+                cls = nn.remat(cls, prevent_cse=False, static_argnums=(3,))
+            elif backend == "cpu":
+                cls = remat(cls, (3,))
+            else:
+                cls = nn.remat(cls, static_argnums=(3,))
         if scan_kwargs:
             cls = nn.scan(cls, variable_axes={"params": 0, "batch_stats": 0, "intermediates": 0},
                           split_rngs={"params": True, "dropout": True}, in_axes=(0, nn.broadcast),
@@ -362,7 +375,8 @@ class UniFormerV2(nn.Module):
                    dw_reduction=self.dw_reduction, tapped=tapped, global_heads=self.n_head,
                    mlp_factor=self.mlp_factor, frozen=self.frozen, dpe=self.dpe, dtype=self.dtype,
                    active=active, name=name,
-                   kernels=choose_kernels(self.kernels, self.dtype, self.width // self.heads))
+                   kernels=choose_kernels(self.kernels, self.dtype, self.width // self.heads, backend,
+                                          tokens=1 + (self.input_resolution // self.patch_size) ** 2))
 
     @nn.compact
     def __call__(self, video: Array, train: bool = False) -> Array:

@@ -41,8 +41,9 @@ OFFICIAL_BACKBONES = {
 # PyTorch activation checkpointing (use the ``remat`` field instead).
 IGNORED_OFFICIAL_ARGS = ("output_dim", "use_checkpoint", "checkpoint_num")
 
+# ``platform`` is not one: it follows the devices (experiment.build), never stored.
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(UniFormerV2)
-                     if f.name not in ("parent", "name"))
+                     if f.name not in ("parent", "name", "platform"))
 # Fields that choose how the model computes, not what: no official counterpart.
 IMPLEMENTATION_FIELDS = ("dtype", "scan", "remat", "kernels")
 # Compute dtypes by name (``model_fields`` writes the name, ``model_from_fields`` reads it).

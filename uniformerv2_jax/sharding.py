@@ -20,6 +20,8 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from uniformerv2_jax.topology import slice_index
+
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
@@ -42,15 +44,29 @@ def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
 def make_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     """The mesh, laid out over the physical topology (TPU torus, GPU NVLink islands).
 
+    With ``sizes["dcn_data"]`` > 1 (several TPU slices) the data axis is split into that
+    many slices (over the data-centre network) times the data parallelism inside each.
     Axis types are Auto: Linen's logical constraints need them (``jax.make_mesh`` would
     default to Explicit).
     """
     devices = list(jax.devices() if devices is None else devices)
     shape = mesh_shape(sizes, len(devices))
-    try:
-        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
-    except (ValueError, NotImplementedError, AssertionError):  # no topology information
-        grid = np.asarray(devices).reshape(shape)
+    dcn = int(sizes.get("dcn_data", 1))
+    slices = len({slice_index(d) for d in devices})
+    if dcn != slices:
+        raise ValueError(f"config.mesh.dcn_data={dcn}, but the {len(devices)} devices form "
+                         f"{slices} slice(s): set config.mesh.dcn_data={slices}")
+    if shape[0] % dcn:
+        raise ValueError(f"config.mesh.data={shape[0]} must be a multiple of "
+                         f"config.mesh.dcn_data={dcn} (the slices)")
+    if dcn > 1:
+        grid = mesh_utils.create_hybrid_device_mesh((shape[0] // dcn, *shape[1:]), (dcn, 1, 1),
+                                                    devices, allow_split_physical_axes=True)
+    else:
+        try:
+            grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        except (ValueError, NotImplementedError, AssertionError):  # no topology information
+            grid = np.asarray(devices).reshape(shape)
     return Mesh(grid, AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from uniformerv2_jax import config as config_lib
-from uniformerv2_jax import evaluate, perf, sharding, storage
+from uniformerv2_jax import evaluate, executable, perf, sharding, storage
 from uniformerv2_jax.checkpoint import Checkpoints
 from uniformerv2_jax.experiment import Experiment, build, random_state
 from uniformerv2_jax.input import pipeline, sources
@@ -101,12 +101,21 @@ def jit_train_step(exp: Experiment) -> Callable:
                    donate_argnums=0)
 
 
-def compile_train_step(exp: Experiment, batch: Any) -> jax.stages.Compiled:
-    """:func:`jit_train_step` compiled ahead of time for ``exp.abstract_state`` and the
-    shapes and shardings of ``batch`` (arrays or ``ShapeDtypeStruct``s): a run's one
-    compilation, whose cost analysis gives the FLOPs (:func:`perf.step_flops`)."""
+def lower_train_step(exp: Experiment, batch: Any) -> jax.stages.Lowered:
+    """:func:`jit_train_step` lowered for ``exp.abstract_state`` and the shapes and
+    shardings of ``batch`` (arrays or ``ShapeDtypeStruct``s)."""
     with sharding.activate(exp.mesh, exp.rules):
-        return jit_train_step(exp).lower(exp.abstract_state, batch).compile()
+        return jit_train_step(exp).lower(exp.abstract_state, batch)
+
+
+def compile_train_step(exp: Experiment, batch: Any, saved: str | None = None) -> jax.stages.Compiled:
+    """:func:`lower_train_step` compiled ahead of time: a run's one compilation, whose cost
+    analysis gives the FLOPs (:func:`perf.step_flops`). With ``saved`` (``main.py compile
+    --save``), that executable instead, after :func:`executable.load`'s checks."""
+    lowered = lower_train_step(exp, batch)
+    if saved:
+        return executable.load(saved, lowered, list(exp.mesh.devices.flat))
+    return lowered.compile()
 
 
 class StopSignal:
@@ -230,8 +239,10 @@ def restore_or_initialise(exp: Experiment, checkpoints: Checkpoints
     return step, state, *resume_position(meta)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
-    """Trains (or resumes) and returns the last evaluation's results."""
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
+          compiled: str | None = None) -> dict[str, Any]:
+    """Trains (or resumes) and returns the last evaluation's results. ``compiled``: a train
+    step saved by ``main.py compile --save``, run instead of compiling one."""
     config_lib.validate(config)
     workdir = storage.path(workdir)
     d = config.data
@@ -276,7 +287,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             batch = sharding.global_batch({k: local[k] for k in fields}, exp.mesh)
             if step_fn is None:
                 compiling = time.perf_counter()
-                step_fn = compile_train_step(exp, batch)
+                step_fn = compile_train_step(exp, batch, compiled)
                 flops = perf.step_flops(step_fn, exp.model)
                 compile_seconds = time.perf_counter() - compiling
                 meter.exclude(compile_seconds)  # speed excludes compilation
