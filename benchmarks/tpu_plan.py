@@ -5,7 +5,8 @@ deviceless compiles (the ``tpu`` extra; no TPU needed): the README's TPU table.
         [--remat=l14_32x224,l14_336_32x336] [--json=PATH]
 
 For each model it compiles the train step (bfloat16 compute, data parallel over 4 chips)
-at 2 and 4 clips a chip on v5e, fits XLA's per-chip plan as memory = a + b * clips, and
+at two batches a chip on v5p (``--probe``, default 2 and 4; the largest HBM), fits XLA's
+per-chip plan as memory = a + b * clips, and
 for each chip kind compiles at the largest batch that plan predicts to fit (one clip less
 each time it does not). Every figure printed comes from the compile at that batch: the
 compiler's memory plan and its roofline estimate of the step (``aot.estimated_seconds``:
@@ -51,12 +52,14 @@ def compile_at(config, target, batch: int) -> dict:
     return report
 
 
-def plan(name: str, chips: list[str], remat: bool) -> list[dict]:
+def plan(name: str, chips: list[str], remat: bool, probe: tuple[int, int]) -> list[dict]:
     config = model_config(name, remat)
-    probe = topology.describe(SLICES["v5e"])
-    two, four = compile_at(config, probe, 2), compile_at(config, probe, 4)
-    per_clip = (four["peak_gib"] - two["peak_gib"]) / 2
-    fixed = two["peak_gib"] - 2 * per_clip
+    v5p = topology.describe(SLICES["v5p"])
+    low, high = (compile_at(config, v5p, b) for b in probe)
+    if not (low["fits"] and high["fits"]):
+        raise SystemExit(f"{name}: --probe={probe} does not fit a v5p chip; give smaller batches")
+    per_clip = (high["peak_gib"] - low["peak_gib"]) / (probe[1] - probe[0])
+    fixed = low["peak_gib"] - probe[0] * per_clip
     rows = []
     for chip in chips:
         target = topology.describe(SLICES[chip])
@@ -65,7 +68,8 @@ def plan(name: str, chips: list[str], remat: bool) -> list[dict]:
         while not report["fits"] and batch > 1:
             batch -= 1
             report = compile_at(config, target, batch)
-        rows.append({"model": name, "remat": remat, **report})
+        rows.append({**report, "name": name, "remat": remat})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # kept if a later compile fails
     return rows
 
 
@@ -75,9 +79,9 @@ def print_table(rows: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if not r["fits"]:
-            print(f"| {r['model']} | {r['device_kind']} | {r['remat']} | does not fit at 1 | | | | | |")
+            print(f"| {r['name']} | {r['device_kind']} | {r['remat']} | does not fit at 1 | | | | | |")
             continue
-        print(f"| {r['model']} | {r['device_kind']} | {'yes' if r['remat'] else 'no'} | "
+        print(f"| {r['name']} | {r['device_kind']} | {'yes' if r['remat'] else 'no'} | "
               f"{r['batch_per_device']} | {r['peak_gib']:.1f} of {r['hbm_gib']:.2f} | "
               f"{r['gflop_per_chip']:,.0f} | {r['estimated_step_seconds'] * 1e3:.0f} | "
               f"{r['estimated_clips_per_second'] / r['chips']:.1f} | {r['estimated_mfu']:.1%} |")
@@ -91,6 +95,7 @@ def main() -> None:
     parser.add_argument("--models", default="b16_8x224,l14_16x224")
     parser.add_argument("--chips", default="v5e,v5p,v6e")
     parser.add_argument("--remat", default="", help="models compiled with model.remat=True")
+    parser.add_argument("--probe", default="2,4", help="the two batches a chip the plan is fitted on")
     parser.add_argument("--json", help="write every compile's report here")
     args = parser.parse_args()
     chips = args.chips.split(",")
@@ -99,7 +104,7 @@ def main() -> None:
     for name in args.models.split(","):
         if name not in SHORTHANDS:
             raise SystemExit(f"--models: {name!r} is not one of {sorted(SHORTHANDS)}")
-        rows += plan(name, chips, name in remat)
+        rows += plan(name, chips, name in remat, tuple(int(b) for b in args.probe.split(",")))
     print_table(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
