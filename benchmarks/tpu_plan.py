@@ -46,8 +46,8 @@ def compile_at(config, target, batch: int) -> dict:
     start = time.perf_counter()
     report = aot.compile_step(config, target, batch).report
     report["compile_seconds"] = time.perf_counter() - start
-    print(f"  {target.name} {batch} a chip: " + (f"peak {report['peak_gib']:.2f} GiB" if report["fits"]
-                                                else "does not fit") + f" ({report['compile_seconds']:.0f} s)",
+    memory = f"peak {report['peak_gib']:.2f} GiB" if report["fits"] else "does not fit"
+    print(f"  {target.name} {batch} a chip: {memory} ({report['compile_seconds']:.0f} s)",
           file=sys.stderr, flush=True)
     return report
 

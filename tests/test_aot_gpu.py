@@ -23,7 +23,8 @@ def tiny_config():
     ("h100-8", "NVIDIA H100 80GB HBM3", 8, 1, 79.1), ("2xh200-8", "NVIDIA H200 141GB HBM3e", 16, 2, 141.0)])
 def test_gpu_hosts_compile_with_the_gpus_kernels_and_memory(name, kind, gpus, hosts, memory_gib):
     t = topology.describe(name)
-    assert (t.device_kind, t.chips, t.hosts, len({d.process_index for d in t.devices})) == (kind, gpus, hosts, hosts)
+    hosts_seen = len({d.process_index for d in t.devices})
+    assert (t.device_kind, t.chips, t.hosts, hosts_seen) == (kind, gpus, hosts, hosts)
     assert t.hbm_gib == pytest.approx(memory_gib, abs=0.05)  # XLA's description of the GPU
     result = aot.compile_step(tiny_config(), t, 2)
     r = result.report
