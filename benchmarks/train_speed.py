@@ -46,7 +46,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from uniformerv2_jax import config as config_lib  # noqa: E402
-from uniformerv2_jax import experiment, perf, sharding, train  # noqa: E402
+from uniformerv2_jax import aot, experiment, perf, sharding, train  # noqa: E402
 
 SHORTHANDS = {
     "b16_8x224": "kinetics.py:k400/b16_8x224",
@@ -94,15 +94,13 @@ def make_config(args):
 
 def random_batch(exp: experiment.Experiment) -> dict[str, jax.Array]:
     """This process's rows of a random global batch, placed as training places it."""
-    m, c = exp.model, exp.config
-    rows = c.batch_size // jax.process_count()
+    spec = aot.train_batch_spec(exp.config)  # the fields and shapes the pipeline delivers
+    rows = exp.config.batch_size // jax.process_count()
     rng = np.random.default_rng(jax.process_index())
-    local = {"video": rng.standard_normal((rows, m.t_size, m.input_resolution, m.input_resolution, 3),
-                                          np.float32),
-             "label": rng.integers(0, m.num_classes, rows).astype(np.int32)}
-    d = c.data
-    if d.mixup_alpha or d.cutmix_alpha or d.label_smoothing:  # the pipeline adds soft targets
-        local["targets"] = np.eye(m.num_classes, dtype=np.float32)[local["label"]]
+    local = {"video": rng.standard_normal((rows, *spec["video"].shape[1:]), np.float32),
+             "label": rng.integers(0, exp.model.num_classes, rows).astype(np.int32)}
+    if "targets" in spec:  # soft targets (mixup, cutmix, label smoothing)
+        local["targets"] = np.eye(exp.model.num_classes, dtype=np.float32)[local["label"]]
     return sharding.global_batch(local, exp.mesh)
 
 
