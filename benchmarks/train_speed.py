@@ -45,8 +45,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from uniformerv2_jax import config as config_lib  # noqa: E402
 from uniformerv2_jax import aot, experiment, perf, sharding, train  # noqa: E402
+from uniformerv2_jax import config as config_lib  # noqa: E402
 
 SHORTHANDS = {
     "b16_8x224": "kinetics.py:k400/b16_8x224",
