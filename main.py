@@ -61,13 +61,16 @@
   python main.py write_records --ssv2_list=train.json --ssv2_labels=labels.json
       --video_root=DIR --out=records/ --name=train
       Raw videos -> sharded DMVR TFRecords (--fps=10 --short_side=256 as DMVR; resumable;
-      videos that fail to decode are listed in <name>-failures.json).
+      videos that fail to decode are listed in <name>.failures.json). --csv also takes
+      DMVR's CSV (video_path,start,end,label; seconds).
 
   python main.py make_synthetic --out=data/synthetic
       The synthetic temporal task as videos and train/val records.
   python main.py check_records --data='records/train-*' [--classes=FILE | --num_classes=N] [--json]
       Reads and decodes every record; counts per shard and in total, bad records by reason,
-      frame count/size distributions, class histogram. Exits non-zero if any record is bad.
+      frame count/size distributions, class histogram. With --classes, a record whose
+      label index and label name disagree is bad (label_mismatch). Exits non-zero if any
+      record is bad.
 """
 
 from __future__ import annotations
@@ -154,11 +157,14 @@ flags.DEFINE_string("workdir", None, "train/eval: the run's directory (checkpoin
                     "plots). demo: default runs/demo. parity: default /tmp/uniformerv2_parity.")
 flags.DEFINE_string("videos", None, "write_records: folder-per-class video tree. features: a "
                     "folder of videos (directly in it, or in class subfolders).")
-flags.DEFINE_string("csv", None, "write_records: 'path,label' or Kinetics CSV.")
+flags.DEFINE_string("csv", None, "write_records: 'path,label', Kinetics or DMVR "
+                    "('video_path,start,end,label') CSV.")
 flags.DEFINE_string("ssv2_list", None, "write_records: Something-Something list JSON.")
 flags.DEFINE_string("ssv2_labels", None, "write_records: Something-Something labels JSON.")
-flags.DEFINE_string("video_root", None, "write_records: where the CSV/list videos are.")
-flags.DEFINE_string("classes", None, "write_records, check_records: class names, one per line.")
+flags.DEFINE_string("video_root", None, "write_records: where the CSV/list videos are (the "
+                    "paths of a CSV are relative to it).")
+flags.DEFINE_string("classes", None, "write_records, check_records: class names, one per line. "
+                    "features --records: the list whose names decide the records' labels.")
 flags.DEFINE_string("name", "train", "write_records: shard base name.")
 flags.DEFINE_integer("num_shards", 16, "write_records: number of shards.")
 flags.DEFINE_float("fps", 10.0, "write_records: frames per second kept.")
@@ -242,8 +248,8 @@ def write_records() -> None:
         entries, names = writer.folder_entries(FLAGS.videos, names)
         write_class_list(storage.path(FLAGS.out) / "classes.txt", names)
     elif FLAGS.csv:
-        if not (FLAGS.video_root and FLAGS.classes):
-            raise app.UsageError("--csv needs --video_root and --classes")
+        if not FLAGS.classes:
+            raise app.UsageError("--csv needs --classes (and --video_root where its paths are relative)")
         entries = writer.csv_entries(FLAGS.csv, FLAGS.video_root, read_class_names(FLAGS.classes))
     elif FLAGS.ssv2_list:
         if not (FLAGS.ssv2_labels and FLAGS.video_root):
@@ -282,20 +288,22 @@ def write_class_list(path: storage.epath.Path, names: list[str]) -> None:
 def check_records() -> None:
     import json
 
-    from uniformerv2_jax.input import doctor
+    from uniformerv2_jax.input import doctor, sources
     from uniformerv2_jax.labels import read_class_names
 
     if not FLAGS.data:
         raise app.UsageError("check_records needs --data=GLOB[,GLOB...]")
-    files = storage.glob(FLAGS.data)
-    if not files:
-        raise app.UsageError(f"--data={FLAGS.data!r}: no file matches")
-    num_classes = FLAGS.num_classes
+    try:
+        files = sources.record_files(FLAGS.data, "--data")
+    except FileNotFoundError as error:
+        raise app.UsageError(str(error)) from None
+    num_classes, class_names = FLAGS.num_classes, None
     if FLAGS.classes:
-        num_classes = len(read_class_names(FLAGS.classes))
-        if FLAGS.num_classes is not None and FLAGS.num_classes != num_classes:
-            raise app.UsageError(f"--num_classes={FLAGS.num_classes} but --classes lists {num_classes}")
-    report = doctor.check_records(files, num_classes, workers=FLAGS.workers or os.cpu_count() or 1,
+        class_names = read_class_names(FLAGS.classes)
+        if FLAGS.num_classes is not None and FLAGS.num_classes != len(class_names):
+            raise app.UsageError(f"--num_classes={FLAGS.num_classes} but --classes lists {len(class_names)}")
+    report = doctor.check_records(files, num_classes, class_names,
+                                  workers=FLAGS.workers or os.cpu_count() or 1,
                                   progress=sys.stderr.isatty())
     print(json.dumps(report) if FLAGS.json not in (None, "false") else doctor.format_report(report))
     if report["bad"]:
@@ -383,7 +391,7 @@ def features_command() -> None:
     sampling = Sampling(m.t_size, m.input_resolution, FLAGS.num_clips or views[0],
                         FLAGS.num_crops or views[1], window, stride or window, FLAGS.video_fps)
     settings = Settings(FLAGS.checkpoint, FLAGS.videos, FLAGS.records, tuple(FLAGS.feature.split(",")),
-                        sampling, FLAGS.keep_views, FLAGS.chunk_size)
+                        sampling, FLAGS.keep_views, FLAGS.chunk_size, FLAGS.classes)
     report = extract(ckpt, settings, FLAGS.out, FLAGS.batch_size, progress=sys.stderr.isatty())
     if "written" in report:  # process 0
         print(f"{report['videos']} videos ({report['chunks_kept']} of {report['chunks']} chunks kept "

@@ -52,7 +52,7 @@ def write_kinetics_like(directory: str, videos: int, frames: int = 100) -> list[
                 writer.write(records.encode_clip(jpegs, v % 400, "class", f"v{v}.mp4", 0,
                                                  10_000_000, 10.0))
         paths.append(path)
-    with open(os.path.join(directory, "bench-counts.json"), "w") as f:  # as the writer leaves it
+    with open(os.path.join(directory, "bench.counts.json"), "w") as f:  # as the writer leaves it
         json.dump(counts, f)
     return paths
 

@@ -208,7 +208,8 @@ def test_the_data_config_uses_the_pipelines_own_argument_names():
     data = config_lib.base_config().data
     train_args = set(inspect.signature(pipeline.train_dataset).parameters)
     eval_args = set(inspect.signature(pipeline.eval_dataset).parameters)
-    sources_and_counts = {"train", "val", "tfds_data_dir", "class_names", "train_examples"}
+    # class_names and label_from become the pipelines' label_names (config.label_names).
+    sources_and_counts = {"train", "val", "tfds_data_dir", "class_names", "label_from", "train_examples"}
     assert set(data) - sources_and_counts <= train_args | eval_args
     config = config_lib.base_config()
     config.data.mixup_alpha, config.data.num_clips = 0.8, 2
@@ -232,7 +233,7 @@ def test_the_own_videos_config_scales_the_official_recipe_to_the_data(tmp_path, 
     shards = {f"train-0000{i}-of-00002.tfrecord": n for i, n in enumerate((clips // 2, clips - clips // 2))}
     for name in shards:
         (tmp_path / name).write_bytes(b"")
-    (tmp_path / "train-counts.json").write_text(json.dumps(shards))  # as write_records leaves it
+    (tmp_path / "train.counts.json").write_text(json.dumps(shards))  # as write_records leaves it
     config = load(ROOT / "configs" / "folder.py").get_config(f"{tmp_path}{start}")
     assert config.model.num_classes == 3 and config.data.class_names == str(tmp_path / "classes.txt")
     assert config.batch_size == batch and config.optim.lr == pytest.approx(lr)

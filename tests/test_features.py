@@ -112,7 +112,7 @@ def test_sliding_windows_of_a_video_folder_resume_to_the_same_files(converted, v
 
     # Window 1 (0.5-1.5 s) is frames 8..23; the eval sampler's 4 of its 16 frames, by hand:
     # seg 15/4, round(seg * i) = 0, 4, 8, 11, plus the centre offset int(seg / 2) = 1.
-    frames = writer.read_video(str(videos / "long.mp4"), fps=16, short_side=32)[[9, 13, 17, 20]]
+    frames = writer.read_video(str(videos / "long.mp4"), fps=16, short_side=32).frames[[9, 13, 17, 20]]
     view = transforms.normalize(transforms.spatial_crop(
         transforms.resize_short_side(tf.constant(frames), 32), 32, 1))
     expected = features(model, variables, view.numpy()[None])["head_input"][0]

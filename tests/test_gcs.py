@@ -144,7 +144,7 @@ def test_a_run_entirely_on_gcs_equals_the_local_run_and_every_command_works(
     synthetic.write_dataset(f"gs://{BUCKET}/videos/train", 2, frames=16, size=32)
     main_py(gcs, "write_records", f"--videos=gs://{BUCKET}/videos/train",
             f"--out=gs://{BUCKET}/records", "--name=train", "--num_shards=2", "--workers=0", cwd=cwd)
-    counts = json.loads(storage.path(f"gs://{BUCKET}/records/train-counts.json").read_text())
+    counts = json.loads(storage.path(f"gs://{BUCKET}/records/train.counts.json").read_text())
     assert sum(counts.values()) == 4 and len(tf.io.gfile.glob(f"gs://{BUCKET}/records/train-*.tfrecord")) == 2
 
     # Nothing of the run landed on local disk outside the temporary directory: the processes

@@ -26,12 +26,12 @@ def video_tree(tmp_path_factory):
 
 def test_read_video_resamples_and_resizes_real_files(video_tree):
     path = str(video_tree / synthetic.CLASSES[1] / "00000.mp4")
-    full = writer.read_video(path, fps=16, short_side=64)
-    assert full.shape == (32, 64, 64, 3) and full.dtype == np.uint8
-    half = writer.read_video(path, fps=8, short_side=32)
+    full, end = writer.read_video(path, fps=16, short_side=64)
+    assert full.shape == (32, 64, 64, 3) and full.dtype == np.uint8 and end == 2.0
+    half = writer.read_video(path, fps=8, short_side=32).frames
     assert half.shape == (16, 32, 32, 3)
     window = writer.read_video(path, fps=16, short_side=64, start=0.5, end=1.0)
-    assert len(window) == 9
+    assert len(window.frames) == 8 and window.end == 1.0  # frames at 0.5 <= t < 1.0
     # The 8 fps video takes the even frames of the 16 fps one (compared downscaled).
     even, odd = (np.abs(tf.image.resize(full[k::2], (32, 32), antialias=True).numpy() - half).mean()
                  for k in (0, 1))
@@ -44,7 +44,7 @@ def test_writer_round_trip_with_failures_skipped_listed_and_resume(tmp_path, vid
     report = writer.write_records(entries, tmp_path, "train", num_shards=3, fps=16,
                                   short_side=48, workers=0, progress=False)
     assert report["written"] == 3 and report["failed"] == 3
-    failures = json.loads((tmp_path / "train-failures.json").read_text())
+    failures = json.loads((tmp_path / "train.failures.json").read_text())
     assert sorted(f["path"].rsplit("/", 1)[1] for f in failures) == \
         ["text.mp4", "truncated.mp4", "zero.mp4"]
     assert all(f["error"] for f in failures)
@@ -63,7 +63,7 @@ def test_writer_round_trip_with_failures_skipped_listed_and_resume(tmp_path, vid
     frame = tf.io.decode_jpeg(clip["frames"][0]).numpy()
     assert frame.shape == (48, 48, 3)
 
-    counts = json.loads((tmp_path / "train-counts.json").read_text())
+    counts = json.loads((tmp_path / "train.counts.json").read_text())
     assert sum(counts.values()) == 4 and len(counts) == 3
     assert sources.record_counts(shard_files) == {p: counts[p.rsplit("/", 1)[1]] for p in shard_files}
 
@@ -73,7 +73,7 @@ def test_writer_round_trip_with_failures_skipped_listed_and_resume(tmp_path, vid
                                  short_side=48, workers=0, progress=False)
     assert again["written"] == 1 and again["kept"] == 2
     # The rewritten shard's failure (zero.mp4) is listed once, not once per run.
-    relisted = json.loads((tmp_path / "train-failures.json").read_text())
+    relisted = json.loads((tmp_path / "train.failures.json").read_text())
     assert again["failed"] == 3 and sorted(f["path"] for f in relisted) == sorted(f["path"] for f in failures)
 
     batch = next(iter(pipeline.eval_dataset(shard_files, batch_size=4, clip_frames=8,

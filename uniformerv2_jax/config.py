@@ -96,6 +96,14 @@ def pipeline_args(fn: Callable, c: ml_collections.ConfigDict) -> dict[str, Any]:
     return {k: v for k, v in c.data.to_dict().items() if k in accepted}
 
 
+def label_names(c: ml_collections.ConfigDict) -> list[str] | None:
+    """The class list that decides the records' labels by name (``config.data.label_from``
+    "text" with ``config.data.class_names``), or None: labels by index."""
+    if c.data.label_from != "text" or not c.data.class_names:
+        return None
+    return labels.read_class_names(c.data.class_names)
+
+
 def official_file(ref: str) -> str:
     """The released checkpoint of the zoo row ``ref`` (MODEL_ZOO's file names):
     ``k710.py:l14_336_8x336`` -> ``k710_uniformerv2_l14_8x336.pyth``,
@@ -136,6 +144,10 @@ def base_config() -> ml_collections.ConfigDict:
         val="",
         tfds_data_dir="",  # with tfds:NAME/SPLIT: where the prepared TFDS data is (gs:// too)
         class_names="",  # one name per line; shown by eval and predict
+        # With class_names: "text", a record's label is its label name's place in the list
+        # (clip/label/text, or clip/label/string; records without a name keep their index),
+        # a name not in the list is an error; "index": clip/label/index as written.
+        label_from="text",
         train_examples=0,  # per epoch; 0: counted from the records
         # The rest are arguments of pipeline.train_dataset / eval_dataset, by their names.
         dense_stride=0,  # 0: sparse (TSN) sampling; else dense with this frame stride
@@ -214,6 +226,8 @@ def validate(c: ml_collections.ConfigDict, training: bool = True) -> None:
     d = c.data
     if d.on_bad_record not in ("skip", "raise"):
         _fail("data.on_bad_record", f"{d.on_bad_record!r}: expected 'skip' or 'raise'")
+    if d.label_from not in ("text", "index"):
+        _fail("data.label_from", f"{d.label_from!r}: expected 'text' or 'index'")
     if not (0 < d.area[0] <= d.area[1] <= 1):
         _fail("data.area", f"{tuple(d.area)}: expected 0 < min <= max <= 1")
     if d.repeated_augment < 1 or d.num_clips < 1 or d.num_crops not in (1, 3) or d.dense_stride < 0:

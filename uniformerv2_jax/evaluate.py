@@ -105,7 +105,7 @@ def run_eval(exp: Experiment, state: TrainState, source, class_names: Sequence[s
         source, **config_lib.pipeline_args(pipeline.eval_dataset, c),
         batch_size=sharding.local_batch_size(c.eval_batch_size, exp.mesh, "config.eval_batch_size"),
         clip_frames=m.t_size, crop_size=m.input_resolution, num_classes=m.num_classes,
-        num_batches=num_batches or eval_batch_count(exp, source))
+        label_names=config_lib.label_names(c), num_batches=num_batches or eval_batch_count(exp, source))
     with sharding.activate(exp.mesh, exp.rules):
         step = jit_eval_step(exp)
         counts = accumulate(

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from uniformerv2_jax import sharding, storage
+from uniformerv2_jax.labels import read_class_names
 from uniformerv2_jax.model import UniFormerV2, per_layer_intermediates
 
 if TYPE_CHECKING:  # the API needs no TensorFlow: the input pipeline is imported by extract
@@ -102,6 +103,7 @@ class Settings:
     sampling: Sampling
     keep_views: bool = False
     chunk_size: int = 64
+    classes: str | None = None  # records: the class list whose names decide the labels
 
     def __post_init__(self):
         s = self.sampling
@@ -281,7 +283,11 @@ def extract(ckpt: Checkpoint, settings: Settings, out: str, batch_size: int | No
     local_batch = sharding.local_batch_size(batch_size, mesh, "--batch_size")
     bar = tqdm(total=sum(len(chunks[k]) for k in todo), unit="video", desc="features",
                disable=not progress)
-    read = windows.file_videos if settings.videos else windows.record_videos
+    if settings.videos:
+        read = windows.file_videos
+    else:
+        names = read_class_names(settings.classes) if settings.classes else None
+        read = functools.partial(windows.record_videos, label_names=names)
 
     def items():
         for k in todo:

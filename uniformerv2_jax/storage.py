@@ -123,7 +123,11 @@ def write_atomic(p: PathLike, data: bytes | str) -> None:
 
 
 def publish(local_file: PathLike, p: PathLike) -> None:
-    """Moves a finished local file to ``p`` atomically (an upload for remote ``p``)."""
+    """Moves a finished local file to ``p`` atomically (an upload for remote ``p``).
+
+    A local ``p`` takes the permissions of any new file (0666 less the umask), not the
+    private mode of the staging file, so that other users of a shared disk can read it.
+    """
     import tensorflow as tf
 
     p = path(p)
@@ -133,6 +137,7 @@ def publish(local_file: PathLike, p: PathLike) -> None:
         os.remove(local_file)
         return
     p.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(local_file, 0o666 & ~current_umask())
     try:
         os.replace(local_file, p)
     except OSError:  # another file system: copy beside the target, then rename
@@ -160,6 +165,13 @@ def staging_file(p: PathLike, suffix: str = "") -> Iterator[str]:
     finally:
         if os.path.exists(name):
             os.remove(name)
+
+
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager

@@ -88,7 +88,8 @@ def train_stream(exp: Experiment, source, start: tuple[int, int]) -> Iterator[di
     ds = pipeline.train_dataset(
         source, **config_lib.pipeline_args(pipeline.train_dataset, c),
         batch_size=sharding.local_batch_size(c.batch_size, exp.mesh), clip_frames=m.t_size,
-        crop_size=m.input_resolution, num_classes=m.num_classes, seed=c.seed, start=start)
+        crop_size=m.input_resolution, num_classes=m.num_classes,
+        label_names=config_lib.label_names(c), seed=c.seed, start=start)
     return ds.as_numpy_iterator()
 
 

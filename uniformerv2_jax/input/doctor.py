@@ -10,6 +10,10 @@ A record is bad for the first of these reasons that applies (one reason per reco
 - ``no_frames``: ``image/encoded`` is empty or absent.
 - ``missing_label``: no ``clip/label/index``, or a negative one.
 - ``label_out_of_range``: a label >= the class count (checked only when one is given).
+- ``label_mismatch``: with a class list, the record's label name (``clip/label/text`` or
+  ``clip/label/string``) is not in it, or is not the name of its ``clip/label/index``
+  (names matched as :func:`records.label_key` does). DMVR's generator numbers classes in
+  an order that changes from run to run; the names are what training goes by.
 - ``undecodable_frame``: frame ``frame`` is not a whole JPEG (FFD8 ... FFD9) or PNG, or
   ``tf.io.decode_image`` fails on it (truncated data, an undefined Huffman table, ...).
 - ``frame_too_large``: frame ``frame`` declares a side over ``pipeline.MAX_FRAME_SIDE``
@@ -34,7 +38,7 @@ from uniformerv2_jax.input.pipeline import MAX_FRAME_SIDE
 from uniformerv2_jax.input.sources import REMOTE_READ_BUFFER
 
 REASONS = ("framing", "unparsable", "no_frames", "missing_label", "label_out_of_range",
-           "undecodable_frame", "frame_too_large")
+           "label_mismatch", "undecodable_frame", "frame_too_large")
 MAX_EXAMPLES = 10  # bad records listed per shard
 _JPEG, _JPEG_END, _PNG = b"\xff\xd8", b"\xff\xd9", b"\x89PNG\r\n\x1a\n"
 _parse = tf.function(records.parse_clip, input_signature=[tf.TensorSpec((), tf.string)])
@@ -67,9 +71,13 @@ def check_frame(frame: bytes) -> tuple[str | None, str, tuple[int, int] | None]:
     return None, "", (int(shape[0]), int(shape[1]))
 
 
-def check_record(serialized: bytes, num_classes: int | None = None) -> dict:
+def check_record(serialized: bytes, num_classes: int | None = None,
+                 class_names: Sequence[str] | None = None,
+                 table: tf.lookup.StaticHashTable | None = None) -> dict:
     """One record's verdict: ``reason`` (None when good), ``filename``, ``label``,
-    ``frame`` and ``detail`` when bad, ``sizes`` (each frame's (height, width)) when good."""
+    ``frame`` and ``detail`` when bad, ``sizes`` (each frame's (height, width)) when good.
+    ``class_names`` (with ``table``, its :func:`records.label_table`) checks the label
+    name against the index."""
     try:
         clip = _parse(serialized)
     except tf.errors.OpError as e:
@@ -84,6 +92,15 @@ def check_record(serialized: bytes, num_classes: int | None = None) -> dict:
         return {**verdict, "reason": "missing_label"}
     if num_classes is not None and label >= num_classes:
         return {**verdict, "reason": "label_out_of_range", "detail": f"{label} >= {num_classes}"}
+    name = clip["label_text"].numpy().decode(errors="replace")
+    if class_names is not None and name:
+        by_name = int(table.lookup(records.label_key(tf.constant(name))))
+        if by_name < 0:
+            return {**verdict, "reason": "label_mismatch", "detail": f"label name {name!r} is "
+                    f"not in the class list ({len(class_names)} names; index {label})"}
+        if by_name != label:
+            return {**verdict, "reason": "label_mismatch", "detail": f"index {label} is "
+                    f"{class_names[label]!r} but the name is {name!r} (index {by_name})"}
     sizes = []
     for i, frame in enumerate(frames):
         reason, detail, size = check_frame(frame)
@@ -93,7 +110,9 @@ def check_record(serialized: bytes, num_classes: int | None = None) -> dict:
     return {**verdict, "sizes": sizes}
 
 
-def check_shard(path: str, num_classes: int | None = None) -> dict:
+def check_shard(path: str, num_classes: int | None = None,
+                class_names: Sequence[str] | None = None,
+                table: tf.lookup.StaticHashTable | None = None) -> dict:
     """The counts of one shard, its first bad records, and (under ``_``) its histograms."""
     shard = {"path": path, "records": 0, "good": 0, "bad": 0, "bad_by_reason": collections.Counter(),
              "bad_examples": [], "_frames": collections.Counter(), "_heights": collections.Counter(),
@@ -120,7 +139,7 @@ def check_shard(path: str, num_classes: int | None = None) -> dict:
     try:
         for serialized in tf.data.TFRecordDataset(path, buffer_size=buffer).as_numpy_iterator():
             consumed += len(serialized) + 16
-            count(check_record(serialized, num_classes))
+            count(check_record(serialized, num_classes, class_names, table))
     except tf.errors.DataLossError as e:
         count({"reason": "framing", "filename": "", "detail": _message(e)})
     else:  # TF reads a file cut inside a record's 12-byte header as a clean end of file
@@ -148,16 +167,22 @@ def _stats(histogram: collections.Counter) -> dict | None:
     return {"min": values[0], "median": low if low == high else (low + high) / 2, "max": values[-1]}
 
 
-def check_records(files: Sequence[str], num_classes: int | None = None, workers: int = 1,
+def check_records(files: Sequence[str], num_classes: int | None = None,
+                  class_names: Sequence[str] | None = None, workers: int = 1,
                   progress: bool = False) -> dict:
     """The report over ``files``: counts in total and per shard (``shards``), ``frames``
     per good record and ``frame_size`` (height, width) as min/median/max, and
-    ``class_histogram`` (label -> good records). ``good + bad == records`` everywhere."""
+    ``class_histogram`` (label -> good records). ``good + bad == records`` everywhere.
+    ``class_names`` (the class list; sets ``num_classes``) also checks each record's
+    label name against its index (``label_mismatch``)."""
     from tqdm import tqdm
 
+    table = None
+    if class_names is not None:
+        num_classes, table = len(class_names), records.label_table(class_names)
     with ThreadPoolExecutor(max(1, workers)) as pool:  # TF ops release the GIL
-        shards = list(tqdm(pool.map(lambda f: check_shard(f, num_classes), files), total=len(files),
-                           unit="shard", desc="checking", disable=not progress))
+        shards = list(tqdm(pool.map(lambda f: check_shard(f, num_classes, class_names, table), files),
+                           total=len(files), unit="shard", desc="checking", disable=not progress))
     total = {key: collections.Counter() for key in ("bad_by_reason", "_frames", "_heights", "_widths",
                                                          "_classes")}
     for shard in shards:
@@ -173,6 +198,14 @@ def check_records(files: Sequence[str], num_classes: int | None = None, workers:
         "class_histogram": {str(k): total["_classes"][k] for k in sorted(total["_classes"])},
         "shards": shards,
     }
+
+
+def _labels_with(histogram: dict[str, int], count: int, shown: int = 5) -> str:
+    """``label 3``, ``labels 0, 4`` or ``labels 0, 1, 2, 5, 7 and 12 more``: those with
+    ``count`` records."""
+    tied = [label for label, n in histogram.items() if n == count]
+    listed = ", ".join(tied[:shown]) + (f" and {len(tied) - shown} more" if len(tied) > shown else "")
+    return f"label{'s' if len(tied) > 1 else ''} {listed}"
 
 
 def format_report(report: dict) -> str:
@@ -193,11 +226,14 @@ def format_report(report: dict) -> str:
                  f"height {mmm(size['height'])}; width {mmm(size['width'])}")
     histogram = report["class_histogram"]
     if histogram:
-        (few, n_few), (most, n_most) = (min(histogram.items(), key=lambda kv: kv[1]),
-                                        max(histogram.items(), key=lambda kv: kv[1]))
         known = f" of {report['num_classes']}" if report["num_classes"] else ""
-        lines.append(f"classes: {len(histogram)}{known} with good records; fewest: label {few} "
-                     f"({n_few}), most: label {most} ({n_most})")
+        fewest, most = min(histogram.values()), max(histogram.values())
+        if fewest == most:
+            spread = f"{fewest} each"
+        else:
+            spread = (f"fewest: {_labels_with(histogram, fewest)} ({fewest}), "
+                      f"most: {_labels_with(histogram, most)} ({most})")
+        lines.append(f"classes: {len(histogram)}{known} with good records; {spread}")
     examples = [(s["path"], e) for s in report["shards"] for e in s["bad_examples"]]
     if examples:
         lines.append("bad records (first per shard):")

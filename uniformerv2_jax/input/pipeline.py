@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import tensorflow as tf
 
-from uniformerv2_jax.input import mixing, randaugment, sampling, sources, transforms
+from uniformerv2_jax.input import mixing, randaugment, records, sampling, sources, transforms
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -61,9 +61,15 @@ def declared_side(frames: tf.Tensor, jpeg: tf.Tensor) -> tf.Tensor:
 
 
 def checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: str,
-                  require_label: bool = True) -> tf.data.Dataset:
+                  require_label: bool = True, label_names: Sequence[str] | None = None
+                  ) -> tf.data.Dataset:
     """Parses records into ``(clip, valid)``.
 
+    With ``label_names`` (the class list), a record that carries a label name
+    (``clip/label/text`` or ``clip/label/string``) takes its label from the name's place
+    in the list (:func:`records.label_key` matching), not from ``clip/label/index``; a
+    name not in the list makes ``clip["name_error"]`` say so (with the shard and the
+    video), for :func:`stop_at_unknown_names` to raise after the last ``ignore_errors``.
     A clip is bad when it has no frames, a frame that is not a whole JPEG or PNG or that
     declares a side over ``MAX_FRAME_SIDE``, no label (unless not ``require_label``), or a
     label outside [0, num_classes).
@@ -74,8 +80,12 @@ def checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: s
     """
     if on_bad_record not in ("skip", "raise"):
         raise ValueError(f"on_bad_record={on_bad_record!r}: expected 'skip' or 'raise'")
+    table = records.label_table(label_names) if label_names else None
 
     def check(shard, clip):
+        unknown_name = tf.constant(False)
+        if table is not None and "label_text" in clip:  # TFDS sources have no label names
+            clip, unknown_name = _label_by_name(table, len(label_names), shard, clip)
         frames = clip["frames"]
         # Every frame a whole JPEG (start and end markers) or a PNG: catches truncated and
         # foreign frames before the decoder sees them.
@@ -89,6 +99,7 @@ def checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: s
         valid = whole & sane & ((clip["label"] >= 0) | (not require_label))
         if num_classes is not None:
             valid &= clip["label"] < num_classes
+        valid |= whole & sane & unknown_name  # on to the error, not counted as bad
         if on_bad_record == "raise":
             check = tf.debugging.Assert(valid, [
                 "bad record in", shard, "video", clip["filename"], "frames",
@@ -99,6 +110,44 @@ def checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: s
 
     ds = ds.map(check, num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.ignore_errors(log_warning=True) if on_bad_record == "skip" else ds
+
+
+def _label_by_name(table: tf.lookup.StaticHashTable, num_names: int, shard: tf.Tensor,
+                   clip: dict[str, tf.Tensor]) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
+    """The clip with ``label`` from its name (when it has one) and ``name_error``; and
+    whether the name is not in the list."""
+    text = clip["label_text"]
+    named = tf.strings.length(text) > 0
+    by_name = table.lookup(records.label_key(text))
+    unknown = named & (by_name < 0)
+    # Backquotes: TF's assertion message escapes quote marks.
+    error = tf.strings.join([
+        "label name `", text, f"` is not in the class list ({num_names} names, "
+        "config.data.class_names) in shard ", shard, ", video `", clip["filename"],
+        "`: give the list the records were written with, or config.data.label_from=index"])
+    return ({**clip, "label": tf.where(named, by_name, clip["label"]),
+             "name_error": tf.where(unknown, error, "")}, unknown)
+
+
+def _name_error(clip: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """``name_error``, to carry on to :func:`stop_at_unknown_names`, if the clip has one."""
+    return {"name_error": clip["name_error"]} if "name_error" in clip else {}
+
+
+def stop_at_unknown_names(ds: tf.data.Dataset) -> tf.data.Dataset:
+    """Raises for an element whose ``name_error`` is set, and drops the field; to be
+    applied after the last ``ignore_errors`` (which would swallow the error: a wrong class
+    list is a mistake to stop at, not a bad record to skip)."""
+    if "name_error" not in ds.element_spec:  # no class list, or a source without names
+        return ds
+
+    def check(example):
+        example = dict(example)
+        error = example.pop("name_error")
+        with tf.control_dependencies([tf.debugging.Assert(tf.equal(error, ""), [error])]):
+            return {k: tf.identity(v) for k, v in example.items()}
+
+    return ds.map(check, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def decode_frames(images: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
@@ -156,7 +205,7 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
                   shuffle_buffer: int = 1024, process_index: int | None = None,
                   process_count: int | None = None,
                   num_classes: int | None = None, on_bad_record: str = "skip",
-                  mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
+                  label_names: Sequence[str] | None = None, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0,
                   mix_switch_prob: float = 0.5, label_smoothing: float = 0.0,
                   randaugment_spec: str | None = None, repeated_augment: int = 1,
                   start: tuple[int, int] = (0, 0),
@@ -176,7 +225,9 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
     with the key (seed, e), and each example's augmentation is keyed by (seed, e, its
     position in the epoch). Every example carries ``epoch`` and ``position``; a run that
     consumed up to (e, p) resumes exactly with ``start=(e, p + 1)``, replaying only the
-    reading and parsing of epoch e up to there. Bad records are handled as
+    reading and parsing of epoch e up to there. With ``label_names`` the records' label
+    names decide their labels (see :func:`checked_clips`; a name not in the list stops the
+    stream with an error). Bad records are handled as
     ``on_bad_record`` says (see :func:`checked_clips`); ``skipped`` counts those met so far
     in the example's epoch on this host (bad records at an epoch's end, after its last
     good one, are in no example's count).
@@ -203,7 +254,7 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
                            epoch_seed=tf.stack([seed, epoch]), shuffle_buffer=shuffle_buffer)
         # Numbered before parsing: a record that fails later still takes its number.
         ds = ds.enumerate().map(lambda arrival, item: (item[0], {**item[1], "arrival": arrival}))
-        ds = checked_clips(ds, num_classes, on_bad_record).scan(
+        ds = checked_clips(ds, num_classes, on_bad_record, label_names=label_names).scan(
             (tf.constant(0, tf.int64), tf.constant(-1, tf.int64)), count_bad)
         ds = ds.filter(lambda clip, valid, skipped: valid)
         ds = ds.flat_map(lambda clip, valid, skipped: tf.data.Dataset.from_tensors(
@@ -236,13 +287,14 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
             video = transforms.normalize(video, mean, std)
         video = tf.ensure_shape(video, (clip_frames, crop_size, crop_size, 3))
         return {"video": tf.cast(video, dtype), "label": tf.cast(clip["label"], tf.int32),
-                "skipped": skipped, "epoch": epoch, "position": position}
+                "skipped": skipped, "epoch": epoch, "position": position, **_name_error(clip)}
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     if on_bad_record == "skip":  # frames that pass the header check but do not decode
         ds = ds.ignore_errors(log_warning=True).scan(
             (tf.constant(start_epoch, tf.int64), tf.constant(start_position - 1, tf.int64),
              tf.constant(0, tf.int64)), _count_missing_positions)
+    ds = stop_at_unknown_names(ds)
     ds = ds.batch(batch_size, drop_remainder=True)
     if mixing_on:
         def mix(batch):  # keyed by the batch's first example: the same after a resume
@@ -292,7 +344,7 @@ def eval_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int,
                  std: Sequence[float] = transforms.UNIFORMERV2_STD,
                  process_index: int | None = None, process_count: int | None = None,
                  num_classes: int | None = None, on_bad_record: str = "skip",
-                 num_batches: int | None = None,
+                 label_names: Sequence[str] | None = None, num_batches: int | None = None,
                  dtype: tf.DType = tf.float32) -> tf.data.Dataset:
     """One pass over this host's videos, each as ``num_clips x num_crops`` views.
 
@@ -302,13 +354,14 @@ def eval_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int,
     for (1 for a bad record, masked; the last example of the pass also carries those that
     never arrived), so that good + bad = this host's records.
     ``num_batches`` (from :func:`sources.eval_batches`) pads every host to the same number
-    of batches, so that hosts of a multi-host eval stay in step.
+    of batches, so that hosts of a multi-host eval stay in step. ``label_names``: as in
+    :func:`train_dataset`.
     """
     if process_index is None or process_count is None:
         import jax
         process_index, process_count = jax.process_index(), jax.process_count()
     ds = checked_clips(sources.clips(source, process_index, process_count), num_classes,
-                        on_bad_record)
+                       on_bad_record, label_names=label_names)
     num_views = num_clips * num_crops
     views = functools.partial(evaluation_views, clip_frames=clip_frames, crop_size=crop_size,
                               num_clips=num_clips, num_crops=num_crops,
@@ -325,12 +378,15 @@ def eval_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int,
 
         video = tf.cond(valid, good, lambda: tf.zeros(shape, tf.float32))
         return {"video": tf.cast(video, dtype), "label": tf.cast(clip["label"], tf.int32),
-                "mask": valid, "bad": tf.cast(~valid, tf.int32)}
+                "mask": valid, "bad": tf.cast(~valid, tf.int32), **_name_error(clip)}
 
     ds = ds.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
     if on_bad_record == "skip":
-        records = sources.host_record_counts(source, process_count)[process_index]
-        ds = _with_missing_count(ds.ignore_errors(log_warning=True), records)
+        ds = ds.ignore_errors(log_warning=True)
+    ds = stop_at_unknown_names(ds)
+    if on_bad_record == "skip":
+        arrivals = sources.host_record_counts(source, process_count)[process_index]
+        ds = _with_missing_count(ds, arrivals)
     return pad_batches(ds, batch_size, num_batches).prefetch(AUTOTUNE)
 
 

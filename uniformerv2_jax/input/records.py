@@ -6,11 +6,17 @@ one JPEG per frame in the sequence feature list ``image/encoded``; context featu
 ``clip/start/timestamp`` and ``clip/end/timestamp`` (int64, microseconds). We also write
 ``image/frame_rate`` (float, MediaSequence's key), which DMVR omits. The reader accepts
 MediaSequence's ``clip/label/string`` for the label text as well.
+
+Shards are ``NAME-00000-of-00128.tfrecord`` (ours) or ``NAME-00000-of-00128`` (DMVR's
+generator). The writer's sidecars, ``NAME.counts.json`` and ``NAME.failures.json``, are
+named so that no shard glob (``NAME-*``, ``NAME-*-of-*``, ``*.tfrecord``) matches them.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
+
+import re
 
 import tensorflow as tf
 
@@ -24,9 +30,37 @@ END = "clip/end/timestamp"
 FRAME_RATE = "image/frame_rate"
 
 
+# Files that globs over a records folder may match but that hold no records: our sidecars
+# (also as earlier versions named them, NAME-counts.json), class lists, CSVs.
+NOT_RECORDS = (".json", ".txt", ".csv")
+_SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}(\.tfrecord)?$")
+
+
 def shard_name(basename: str, index: int, num_shards: int) -> str:
     """``name-00000-of-00128.tfrecord``."""
     return f"{basename}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def counts_name(basename: str) -> str:
+    """The writer's records-per-shard sidecar: ``name.counts.json``."""
+    return f"{basename}.counts.json"
+
+
+def failures_name(basename: str) -> str:
+    """The writer's list of videos that failed to decode: ``name.failures.json``."""
+    return f"{basename}.failures.json"
+
+
+def counts_sidecars(shard: str) -> tuple[str, str]:
+    """The names the counts sidecar of the shard file ``shard`` may have, newest first
+    (``train-00003-of-00016[.tfrecord]`` -> ``train.counts.json``, ``train-counts.json``)."""
+    basename = _SHARD_SUFFIX.sub("", shard)
+    return counts_name(basename), f"{basename}-counts.json"
+
+
+def is_record_file(name: str) -> bool:
+    """Whether a file a glob matched may hold records (not a sidecar, class list or CSV)."""
+    return not name.lower().endswith(NOT_RECORDS)
 
 
 def encode_clip(jpeg_frames: Sequence[bytes], label_index: int | Sequence[int],
@@ -100,3 +134,26 @@ def parse_clip(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         "end_us": _first(context[END], 0),
         "frame_rate": _first(context[FRAME_RATE], 0.0),
     }
+
+
+def label_key(text: tf.Tensor) -> tf.Tensor:
+    """A class name as it is matched against a class list: lower case, each run of spaces
+    and underscores one space, trimmed (``Air_Drumming`` -> ``air drumming``)."""
+    text = tf.strings.regex_replace(tf.strings.lower(text, encoding="utf-8"), "[_ ]+", " ")
+    return tf.strings.strip(text)
+
+
+def label_table(class_names: Sequence[str], source: str = "the class list"
+                ) -> tf.lookup.StaticHashTable:
+    """:func:`label_key` of a name -> its index in ``class_names`` (-1 when not there).
+    Two names with one key are refused, naming ``source``."""
+    with tf.init_scope():  # eagerly, also while a tf.data function is traced
+        keys = [k.decode() for k in label_key(tf.constant(list(class_names), tf.string)).numpy()]
+    seen: dict[str, int] = {}
+    for index, key in enumerate(keys):
+        if key in seen:
+            raise ValueError(f"{source}: {class_names[seen[key]]!r} and {class_names[index]!r} are "
+                             "the same name once case, spaces and underscores are ignored")
+        seen[key] = index
+    return tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(keys, tf.range(len(keys), dtype=tf.int64)), -1)

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import re
 from typing import Sequence
 
 import tensorflow as tf
@@ -44,9 +43,21 @@ def resolve(spec: str, field: str, tfds_data_dir: str = "") -> list[str] | TFDSS
     if spec.startswith("tfds:"):
         name, _, split = spec[5:].partition("/")
         return TFDSSource(name, split or "train", tfds_data_dir or None)
-    files = storage.glob(spec)
+    return record_files(spec, f"config.{field}")
+
+
+def record_files(spec: str, what: str) -> list[str]:
+    """The record shards that ``spec`` (comma-separated globs) matches, without the files
+    a records folder also holds (sidecars, class lists: :func:`records.is_record_file`);
+    ``what`` (a flag or config field) is named in the error when there are none."""
+    matched = storage.glob(spec)
+    files = [f for f in matched if records.is_record_file(storage.path(f).name)]
+    if len(files) < len(matched):
+        logging.info("%s=%r: %d matching files are not record shards and are not read",
+                     what, spec, len(matched) - len(files))
     if not files:
-        raise FileNotFoundError(f"config.{field}={spec!r}: no file matches this path")
+        raise FileNotFoundError(f"{what}={spec!r}: no record file matches this path"
+                                + (f" (only {len(matched)} sidecar or list files)" if matched else ""))
     return files
 
 
@@ -152,31 +163,40 @@ def clips(source, process_index: int | None = None, process_count: int | None = 
 
 
 def record_counts(files: Sequence[str]) -> dict[str, int]:
-    """Records per shard: from the writer's ``<name>-counts.json``, else by reading them
+    """Records per shard: from the writer's ``<name>.counts.json``, else by reading them
     (a damaged tail counts as one more record, a bad one)."""
     return {path: total for path, (_, total) in shard_counts(files).items()}
 
 
 @tf.autograph.experimental.do_not_convert  # plain Python file I/O, also inside a tf.data trace
 def shard_counts(files: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """(readable, total) records per shard. The writer's ``<name>-counts.json`` is trusted
-    (readable = total); a shard without one is read, up to any framing damage, which is
-    logged with the shard's name and counts as one bad record."""
+    """(readable, total) records per shard. The writer's ``<name>.counts.json`` (or, as
+    earlier versions named it, ``<name>-counts.json``) is trusted (readable = total); a
+    shard without one is read, up to any framing damage, which is logged with the shard's
+    name and counts as one bad record."""
     counts: dict[str, tuple[int, int]] = {}
     sidecars: dict[str, dict] = {}  # each sidecar read once, not once per shard
     for path in sorted(files):
-        shard = storage.path(path)
-        sidecar = shard.with_name(re.sub(r"-\d{5}-of-\d{5}\.tfrecord$", "", shard.name) + "-counts.json")
-        if os.fspath(sidecar) not in sidecars:
-            sidecars[os.fspath(sidecar)] = (json.loads(sidecar.read_text()) if storage.retry(
-                sidecar.exists, f"reading {sidecar}") else {})
-        if shard.name in sidecars[os.fspath(sidecar)]:
-            total = int(sidecars[os.fspath(sidecar)][shard.name])
+        total = _sidecar_count(storage.path(path), sidecars)
+        if total is not None:
             counts[path] = (total, total)
             continue
         logging.warning("no record count for %s: reading it to count", path)
         counts[path] = storage.retry(lambda p=path: _count_records(p), f"counting the records of {path}")
     return counts
+
+
+def _sidecar_count(shard, sidecars: dict[str, dict]) -> int | None:
+    """The records the writer's sidecar lists for ``shard`` (None if none does);
+    ``sidecars`` caches each sidecar's content by path."""
+    for name in records.counts_sidecars(shard.name):
+        sidecar = shard.with_name(name)
+        if os.fspath(sidecar) not in sidecars:
+            exists = storage.retry(sidecar.exists, f"reading {sidecar}")
+            sidecars[os.fspath(sidecar)] = json.loads(sidecar.read_text()) if exists else {}
+        if shard.name in sidecars[os.fspath(sidecar)]:
+            return int(sidecars[os.fspath(sidecar)][shard.name])
+    return None
 
 
 def _count_records(path: str) -> tuple[int, int]:

@@ -72,9 +72,7 @@ def file_jobs(root: str) -> list[Job]:
 
 def record_jobs(pattern: str) -> list[Job]:
     """Every record of the shards ``pattern`` matches (comma-separated globs)."""
-    files = storage.glob(pattern)
-    if not files:
-        raise FileNotFoundError(f"--records={pattern!r}: no file matches")
+    files = sources.record_files(pattern, "--records")
     counts = sources.record_counts(files)
     return [Job(f"{storage.path(f).name}/{i:06d}", f, record=i) for f in files for i in range(counts[f])]
 
@@ -177,8 +175,10 @@ def file_videos(jobs: Sequence[Job], s: Sampling) -> tf.data.Dataset:
     return ds.map(read, num_parallel_calls=2, deterministic=True)
 
 
-def record_videos(jobs: Sequence[Job], s: Sampling) -> tf.data.Dataset:
-    """Read videos of record ``jobs`` (consecutive records of their shards), in order."""
+def record_videos(jobs: Sequence[Job], s: Sampling, label_names: Sequence[str] | None = None
+                  ) -> tf.data.Dataset:
+    """Read videos of record ``jobs`` (consecutive records of their shards), in order;
+    with ``label_names``, labelled by their label names (:func:`pipeline.checked_clips`)."""
     counts = sources.shard_counts(sorted({j.path for j in jobs}))
     parts = []
     for path, run in itertools.groupby(jobs, key=lambda j: j.path):
@@ -196,13 +196,15 @@ def record_videos(jobs: Sequence[Job], s: Sampling) -> tf.data.Dataset:
         seconds = tf.cast(clip["end_us"] - clip["start_us"], tf.float64) / 1e6
         fps = tf.where(clip["frame_rate"] > 0, tf.cast(clip["frame_rate"], tf.float64),
                        tf.where(seconds > 0, tf.cast(n, tf.float64) / seconds, rate))
-        meta = {k: clip[k] for k in ("index", "label", "label_text", "filename")}
+        meta = {k: clip[k] for k in ("index", "label", "label_text", "filename", "name_error")
+                if k in clip}
         error = tf.where(valid, "", "bad record: no frames, or a broken, foreign or oversized frame")
         return _video(s, n, fps, lambda i: pipeline.decode_frames(frames, i), meta, valid, error)
 
-    ds = pipeline.checked_clips(ds, None, "skip", require_label=False)
+    ds = pipeline.checked_clips(ds, None, "skip", require_label=False, label_names=label_names)
     # A frame that passes the header check but does not decode drops its video here.
-    return ds.map(read, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors()
+    ds = ds.map(read, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors()
+    return pipeline.stop_at_unknown_names(ds)
 
 
 def clip_batches(videos: tf.data.Dataset, s: Sampling, batch_size: int) -> tf.data.Dataset:

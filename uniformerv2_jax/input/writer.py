@@ -1,13 +1,15 @@
 """Raw videos -> sharded DMVR-format TFRecords.
 
-Videos are decoded with PyAV, resampled to ``fps`` (DMVR's generator uses 10), resized so
-the short side is ``short_side`` (256), JPEG-encoded one record per clip, and dealt
-round-robin into ``name-00000-of-00128.tfrecord`` shards. Inputs and outputs may be local
+Videos are decoded with PyAV, resampled to ``fps`` at the instants ffmpeg's ``fps`` filter
+picks (as DMVR's generator does, at 10 fps), resized so the short side is ``short_side``
+(256), JPEG-encoded one record per clip, and dealt round-robin into
+``name-00000-of-00128.tfrecord`` shards. Inputs and outputs may be local
 or ``gs://`` (:mod:`uniformerv2_jax.storage`). Shards are written by worker processes,
 each to a local staging file published (renamed, or uploaded in one piece) only when
 complete, so a rerun keeps finished shards (resumable) and no reader sees a partial one.
-Videos that fail to decode are skipped, counted and listed in ``name-failures.json``
-(each once, also across resumed runs); the run goes on.
+Videos that fail to decode are skipped, counted and listed in ``name.failures.json``
+(each once, also across resumed runs); the run goes on. ``name.counts.json`` lists the
+records of each finished shard.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
+import math
 import multiprocessing
 import os
-from typing import Sequence
+from fractions import Fraction
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -37,40 +41,56 @@ class VideoEntry:
     end: float | None = None
 
 
-def read_video(path: str, fps: float = 10.0, short_side: int = 256,
-               start: float | None = None, end: float | None = None) -> np.ndarray:
-    """Decodes ``path`` -> (T, H, W, 3) uint8 at ``fps``, short side ``short_side``.
+class DecodedVideo(NamedTuple):
+    """Frames (T, H, W, 3) uint8 and the clip's ``end`` in seconds of the source's clock
+    (the end of the last frame kept)."""
+    frames: np.ndarray
+    end: float
 
-    Frame k is the last decoded frame at or before ``start + k / fps``.
+
+def read_video(path: str, fps: float = 10.0, short_side: int = 256,
+               start: float | None = None, end: float | None = None) -> DecodedVideo:
+    """Decodes ``path`` at ``fps``, short side ``short_side``, as DMVR's generator does
+    (ffmpeg's ``trim=start:end,fps=fps``).
+
+    The source frames kept are those at ``start <= t < end``. Each source frame goes to
+    output instant ``round(t * fps)`` (halves up), and output frame m, for m from the first
+    kept frame's instant up to ``round(t_end * fps)`` excluded (``t_end`` the end of the
+    last kept frame), shows the last source frame whose instant is at most m: for a 25 fps
+    source at 10 fps, source frames 1, 3, 6, 8, 11, ...
     """
     import av
 
+    frames, instants = [], []
+    rate = Fraction(str(fps))
     with storage.local_copy(path) as local, av.open(local) as container:
         if not container.streams.video:
             raise ValueError("no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        frames, times = [], []
+        default_duration = 1 / Fraction(stream.average_rate or stream.guessed_rate or 30)
+        t_end = None
         for frame in container.decode(stream):
-            rate = float(stream.average_rate or fps)
-            t = float(frame.time) if frame.time is not None else len(times) / rate
-            if end is not None and t > end:
+            if frame.pts is None or frame.time_base is None:
+                t = len(frames) * default_duration
+            else:
+                t = frame.pts * frame.time_base  # exact: a Fraction
+            if start is not None and t < Fraction(str(start)):
+                continue
+            if end is not None and t >= Fraction(str(end)):
                 break
-            if start is not None and t < start:  # keep only the last frame before the window
-                frames, times = [], []
             h, w = frame.height, frame.width
             scale = short_side / min(h, w)
             size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
             frames.append(frame.to_ndarray(format="rgb24", width=size[0], height=size[1]))
-            times.append(t)
+            instants.append(math.floor(t * rate + Fraction(1, 2)))
+            duration = frame.duration * frame.time_base if frame.duration and frame.time_base else None
+            t_end = t + (duration or default_duration)
     if not frames:
-        raise ValueError("no decodable frames")
-    times = np.asarray(times)
-    first = times[0] if start is None else max(start, times[0])
-    last = times[-1] if end is None else min(end, times[-1])
-    targets = first + np.arange(int(np.floor((last - first) * fps + 1e-6)) + 1) / fps
-    picks = np.clip(np.searchsorted(times, targets + 1e-6, side="right") - 1, 0, len(frames) - 1)
-    return np.stack([frames[i] for i in picks])
+        raise ValueError("no decodable frames" + (" in the clip's window" if start or end else ""))
+    outputs = np.arange(instants[0], max(math.floor(t_end * rate + Fraction(1, 2)), instants[0] + 1))
+    picks = np.searchsorted(np.asarray(instants), outputs, side="right") - 1
+    return DecodedVideo(np.stack([frames[i] for i in picks]), float(t_end))
 
 
 def native_fps(path: str) -> float:
@@ -88,7 +108,7 @@ def read_video_file(path: str, short_side: int, fps: float | None = None
     rate) -> (frames (T, H, W, 3) uint8, the rate used)."""
     with storage.local_copy(path) as local:  # one download for both reads
         rate = fps or native_fps(local)
-        return read_video(local, rate, short_side), rate
+        return read_video(local, rate, short_side).frames, rate
 
 
 def read_frame_folder(path: str, short_side: int = 256) -> np.ndarray:
@@ -138,15 +158,17 @@ def _write_entry(writer, entry: VideoEntry, fps: float, short_side: int, quality
 
     folder = storage.path(entry.path).is_dir()
     try:
-        video = (read_frame_folder(entry.path, short_side) if folder else
-                 read_video(entry.path, fps, short_side, entry.start, entry.end))
+        if folder:  # no clock: the frames are taken to be at ``fps``
+            video = read_frame_folder(entry.path, short_side)
+            seconds = (0.0, len(video) / fps)
+        else:
+            video, clip_end = read_video(entry.path, fps, short_side, entry.start, entry.end)
+            seconds = (entry.start or 0.0, min(clip_end, math.inf if entry.end is None else entry.end))
         jpegs = [tf.io.encode_jpeg(frame, quality=quality).numpy() for frame in video]
     except Exception as e:  # noqa: BLE001 -- any decoder failure skips the video
         return {"path": entry.path, "error": f"{type(e).__name__}: {e}"}
-    start_us = int(1e6 * (entry.start or 0.0))
-    end_us = int(1e6 * entry.end) if entry.end is not None else start_us + int(1e6 * len(jpegs) / fps)
     writer.write(records.encode_clip(jpegs, entry.label, entry.label_text, entry.path,
-                                     start_us, end_us, None if folder else fps))
+                                     *(round(1e6 * t) for t in seconds), None if folder else fps))
     return None
 
 
@@ -162,11 +184,11 @@ def write_records(entries: Sequence[VideoEntry], output_dir: str | os.PathLike, 
     output_dir.mkdir(parents=True, exist_ok=True)
     if num_shards < 1:
         raise ValueError(f"num_shards={num_shards} must be positive")
-    from uniformerv2_jax.input.records import shard_name
+    from uniformerv2_jax.input import records
 
-    paths = [os.fspath(output_dir / shard_name(name, i, num_shards)) for i in range(num_shards)]
-    failures_file = output_dir / f"{name}-failures.json"
-    counts_file = output_dir / f"{name}-counts.json"  # records per shard, for eval planning
+    paths = [os.fspath(output_dir / records.shard_name(name, i, num_shards)) for i in range(num_shards)]
+    failures_file = output_dir / records.failures_name(name)
+    counts_file = output_dir / records.counts_name(name)  # records per shard, for eval planning
     counts = json.loads(counts_file.read_text()) if counts_file.exists() else {}
     # A shard is finished when it exists and the counts sidecar (written after it) names it.
     todo = [i for i, p in enumerate(paths)
@@ -226,18 +248,20 @@ def folder_entries(root: str | os.PathLike, class_names: Sequence[str] | None = 
     return entries, names
 
 
-def csv_entries(csv_path: str | os.PathLike, video_root: str | os.PathLike,
+def csv_entries(csv_path: str | os.PathLike, video_root: str | os.PathLike | None,
                 class_names: Sequence[str]) -> list[VideoEntry]:
-    """``path,label`` rows, or Kinetics ``youtube_id,time_start,time_end,label,split`` rows.
+    """``path,label`` rows, Kinetics ``youtube_id,time_start,time_end,label,split`` rows, or
+    DMVR's ``video_path,start,end,label`` rows (the clip from ``start`` to ``end`` seconds).
 
     Kinetics clips are looked up as ``<video_root>/<youtube_id>_<start:06d>_<end:06d>.*``
-    (the usual download layout); ``label`` may be a class name or an index.
+    (the usual download layout); other paths are taken relative to ``video_root`` (if
+    given). ``label`` may be a class name or an index.
     """
     import csv
     import io
 
     index = {name: i for i, name in enumerate(class_names)}
-    root = storage.path(video_root)
+    root = storage.path(video_root or ".")
     entries = []
     rows = list(csv.DictReader(io.StringIO(storage.path(csv_path).read_text(encoding="utf-8"))))
     for line, row in enumerate(rows, start=2):
@@ -247,17 +271,26 @@ def csv_entries(csv_path: str | os.PathLike, video_root: str | os.PathLike,
         label_id = index[label] if label in index else int(label)
         if not 0 <= label_id < len(class_names):
             raise ValueError(f"{csv_path}:{line}: label {label_id} outside [0, {len(class_names)})")
+        start = end = None
         if "youtube_id" in row:
-            start, end = int(float(row["time_start"])), int(float(row["time_end"]))
-            stem = f"{row['youtube_id']}_{start:06d}_{end:06d}"
+            first, last = int(float(row["time_start"])), int(float(row["time_end"]))
+            stem = f"{row['youtube_id']}_{first:06d}_{last:06d}"
             found = sorted(root.glob(stem + ".*"))
             path = str(found[0]) if found else str(root / f"{stem}.mp4")
+        elif "video_path" in row:
+            path = str(root / row["video_path"]) if video_root else row["video_path"]
+            try:
+                start, end = float(row["start"]), float(row["end"])
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{csv_path}:{line}: DMVR rows need numeric 'start' and 'end' "
+                                 f"(seconds), got {row.get('start')!r}, {row.get('end')!r}") from None
         elif "path" in row:
             path = str(root / row["path"])
         else:
-            raise ValueError(f"{csv_path}: expected columns 'path,label' or "
-                             "'youtube_id,time_start,time_end,label,split'")
-        entries.append(VideoEntry(path, label_id, class_names[label_id]))
+            raise ValueError(f"{csv_path}: expected columns 'path,label', "
+                             "'youtube_id,time_start,time_end,label,split' or "
+                             "'video_path,start,end,label' (DMVR's)")
+        entries.append(VideoEntry(path, label_id, class_names[label_id], start, end))
     return entries
 
 
