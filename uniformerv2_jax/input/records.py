@@ -14,9 +14,8 @@ named so that no shard glob (``NAME-*``, ``NAME-*-of-*``, ``*.tfrecord``) matche
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import re
+from typing import Sequence
 
 import tensorflow as tf
 
