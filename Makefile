@@ -2,7 +2,8 @@
 PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
-# The tests also compile for described TPU slices: libtpu (the tpu extra), test runs only.
+# The tests also compile for described TPU slices (libtpu, the tpu extra) and run the record
+# writer on Apache Beam's DirectRunner (the beam extra): test runs only.
 TPU_STAMP := $(VENV)/.installed-tpu
 # jemalloc, where installed (apt-get install libjemalloc2), for the CPU's train steps: tests
 # and benchmarks run under it; main.py demo/train/eval/features re-run themselves under it.
@@ -19,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(TPU_STAMP): $(STAMP)
-	$(VENV)/bin/pip install --quiet -e '.[torch,test,tpu]' torch==2.13.0
+	$(VENV)/bin/pip install --quiet -e '.[torch,test,tpu,beam]' torch==2.13.0
 	touch $(TPU_STAMP)
 
 demo: $(STAMP)

@@ -62,8 +62,15 @@
       --video_root=DIR --out=records/ --name=train
       Raw videos -> sharded DMVR TFRecords (--fps=10 --short_side=256 as DMVR; resumable;
       videos that fail to decode are listed in <name>.failures.json). --csv also takes
-      DMVR's CSV (video_path,start,end,label; seconds).
+      DMVR's CSV (video_path,start,end,label; seconds). --runner=DirectRunner|DataflowRunner
+      [--pipeline_options='...'] runs it as an Apache Beam pipeline (the same shards).
 
+  python main.py make_k710 --k400_csvs=k400/train.csv,k400/validate.csv,k400/test.csv
+      --k600_csvs=... --k700_csvs=... --out=k710/
+      Kinetics-710 from the Kinetics CSVs: the three training sets merged, one row per
+      YouTube id, without any id of their validation and test sets, class names as in
+      data/labels/kinetics710.txt -> OUT/k710_train.csv and OUT/k710_val.csv (for
+      write_records --csv); prints the rows kept and left out per source and reason.
   python main.py make_synthetic --out=data/synthetic
       The synthetic temporal task as videos and train/val records.
   python main.py check_records --data='records/train-*' [--classes=FILE | --num_classes=N] [--json]
@@ -76,6 +83,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -89,7 +97,7 @@ from uniformerv2_jax import cpu, storage
 
 ROOT = Path(__file__).resolve().parent
 COMMANDS = ("demo", "train", "eval", "predict", "export", "parity", "convert", "write_records",
-            "make_synthetic", "check_records", "features", "compile")
+            "make_k710", "make_synthetic", "check_records", "features", "compile")
 JEMALLOC_COMMANDS = ("demo", "train", "eval", "features")  # re-run under jemalloc (uniformerv2_jax/cpu.py)
 
 config_flags.DEFINE_config_file("config", None, "train/eval: configs/<exp>.py[:arg].",
@@ -135,7 +143,7 @@ flags.DEFINE_enum("from", None, ["official", "mmaction2", "clip", "converted"],
                   "convert: source kind.")
 flags.DEFINE_string("src", None, "convert: source weight file or converted directory.")
 flags.DEFINE_string("out", None, "convert: output directory (orbax) or .safetensors/.pth file. "
-                    "export, features: output directory.")
+                    "export, features, make_k710: output directory.")
 flags.DEFINE_string("model_config", None, "convert: model config (.json, SlowFast .yaml or "
                     "MMAction2 .py).")
 flags.DEFINE_multi_string("model_arg", [], "convert: official constructor argument, NAME=VALUE.")
@@ -166,11 +174,20 @@ flags.DEFINE_string("video_root", None, "write_records: where the CSV/list video
 flags.DEFINE_string("classes", None, "write_records, check_records: class names, one per line. "
                     "features --records: the list whose names decide the records' labels.")
 flags.DEFINE_string("name", "train", "write_records: shard base name.")
-flags.DEFINE_integer("num_shards", 16, "write_records: number of shards.")
+flags.DEFINE_integer("num_shards", 16, "write_records: number of shards (a power of two).")
+flags.DEFINE_string("runner", None, "write_records: run as an Apache Beam pipeline on this runner "
+                    "(DirectRunner, DataflowRunner, ...; the beam extra). Default: worker processes "
+                    "on this host.")
+flags.DEFINE_string("pipeline_options", None, "write_records --runner: Beam's pipeline options, "
+                    "e.g. '--project=P --region=R --temp_location=gs://B/tmp'.")
 flags.DEFINE_float("fps", 10.0, "write_records: frames per second kept.")
 flags.DEFINE_integer("short_side", 256, "write_records: short side of stored frames.")
 flags.DEFINE_integer("workers", None, "write_records: worker processes; check_records: threads "
                      "(default: cores).")
+flags.DEFINE_string("k400_csvs", None, "make_k710: Kinetics-400 CSVs, comma-separated (train, "
+                    "validate, test; a row's split is its 'split' value, else its file name's).")
+flags.DEFINE_string("k600_csvs", None, "make_k710: Kinetics-600 CSVs, as --k400_csvs.")
+flags.DEFINE_string("k700_csvs", None, "make_k710: Kinetics-700 CSVs, as --k400_csvs.")
 flags.DEFINE_integer("videos_per_class", 96, "make_synthetic: training videos per class.")
 flags.DEFINE_integer("val_per_class", 24, "make_synthetic: validation videos per class.")
 flags.DEFINE_string("data", None, "check_records: record shards, comma-separated globs.")
@@ -258,11 +275,36 @@ def write_records() -> None:
                                                       FLAGS.video_root)
     else:
         raise app.UsageError("write_records needs --videos, --csv or --ssv2_list")
-    report = writer.write_records(entries, FLAGS.out, FLAGS.name, FLAGS.num_shards, FLAGS.fps,
-                                  FLAGS.short_side, workers=FLAGS.workers)
+    if FLAGS.runner:
+        try:
+            import apache_beam  # noqa: F401
+
+            from uniformerv2_jax.input import beam_writer
+        except ImportError:
+            raise app.UsageError("--runner needs Apache Beam: pip install -e '.[beam]'") from None
+        options = [f"--runner={FLAGS.runner}", *shlex.split(FLAGS.pipeline_options or "")]
+        report = beam_writer.write_records(entries, FLAGS.out, FLAGS.name, FLAGS.num_shards, options,
+                                           FLAGS.fps, FLAGS.short_side)
+    else:
+        report = writer.write_records(entries, FLAGS.out, FLAGS.name, FLAGS.num_shards, FLAGS.fps,
+                                      FLAGS.short_side, workers=FLAGS.workers)
     print(f"{report['videos']} videos -> {FLAGS.num_shards} shards in {FLAGS.out} "
           f"({report['written']} written, {report['kept']} kept); {report['failed']} failed "
           f"to decode, listed in {report['failures_file']}")
+
+
+def make_k710() -> None:
+    from uniformerv2_jax.input import kinetics710
+
+    csvs = {source: FLAGS[f"{source}_csvs"].value for source in kinetics710.SOURCES}
+    if not FLAGS.out or not all(csvs.values()):
+        raise app.UsageError("make_k710 needs --k400_csvs, --k600_csvs, --k700_csvs (comma-separated "
+                             "CSV paths each) and --out=DIR")
+    report = kinetics710.make_k710({source: [p for p in paths.split(",") if p]
+                                    for source, paths in csvs.items()}, FLAGS.out)
+    out = storage.path(FLAGS.out)
+    print(kinetics710.format_report(report))
+    print(f"wrote {out / 'k710_train.csv'} and {out / 'k710_val.csv'}")
 
 
 def make_synthetic() -> None:
@@ -485,7 +527,7 @@ def main(argv: list[str]) -> None:
     {"demo": demo, "train": train_command, "eval": eval_command, "predict": predict_command,
      "export": export_command,
      "parity": parity, "convert": convert, "write_records": write_records,
-     "make_synthetic": make_synthetic, "check_records": check_records,
+     "make_k710": make_k710, "make_synthetic": make_synthetic, "check_records": check_records,
      "features": features_command, "compile": compile_command}[argv[1]]()
 
 

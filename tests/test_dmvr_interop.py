@@ -80,7 +80,8 @@ def test_check_records_reports_every_index_that_disagrees_with_its_name(dmvr_rec
     example = report["shards"][0]["bad_examples"][0]
     index = dmvr_records["map"][dmvr_records["names"][0]]
     assert example["reason"] == "label_mismatch"
-    assert f"index {index} is {CLASS_LIST[index]!r} but the name is 'abseiling' (index 0)" == example["detail"]
+    expected = f"index {index} is {CLASS_LIST[index]!r} but the name is 'abseiling' (index 0)"
+    assert example["detail"] == expected
     # Without a class list the records are as good as before: nothing to check names by.
     assert doctor.check_records(files, num_classes=4)["bad"] == 0
 

@@ -30,8 +30,9 @@ FRAME_RATE = "image/frame_rate"
 
 
 # Files that globs over a records folder may match but that hold no records: our sidecars
-# (also as earlier versions named them, NAME-counts.json), class lists, CSVs.
-NOT_RECORDS = (".json", ".txt", ".csv")
+# (also as earlier versions named them, NAME-counts.json), a Beam run's staged video list,
+# class lists, CSVs.
+NOT_RECORDS = (".json", ".jsonl", ".txt", ".csv")
 _SHARD_SUFFIX = re.compile(r"-\d{5}-of-\d{5}(\.tfrecord)?$")
 
 
@@ -81,7 +82,8 @@ def encode_clip(jpeg_frames: Sequence[bytes], label_index: int | Sequence[int],
     example = tf.train.SequenceExample(
         context=tf.train.Features(feature=context),
         feature_lists=tf.train.FeatureLists(feature_list={FRAMES: frames}))
-    return example.SerializeToString()
+    # Map fields in key order: the same bytes in every process (a Beam worker or this host).
+    return example.SerializeToString(deterministic=True)
 
 
 _CONTEXT_SPEC = {

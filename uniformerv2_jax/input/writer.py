@@ -2,11 +2,13 @@
 
 Videos are decoded with PyAV, resampled to ``fps`` at the instants ffmpeg's ``fps`` filter
 picks (as DMVR's generator does, at 10 fps), resized so the short side is ``short_side``
-(256), JPEG-encoded one record per clip, and dealt round-robin into
-``name-00000-of-00128.tfrecord`` shards. Inputs and outputs may be local
+(256), JPEG-encoded one record per clip, and dealt into ``name-00000-of-00128.tfrecord``
+shards. Inputs and outputs may be local
 or ``gs://`` (:mod:`uniformerv2_jax.storage`). Shards are written by worker processes,
 each to a local staging file published (renamed, or uploaded in one piece) only when
 complete, so a rerun keeps finished shards (resumable) and no reader sees a partial one.
+A video's shard is a hash of its id (:func:`shard_of`), its place in the shard the order
+of ids: the same files from any run, here or as a Beam job (:mod:`beam_writer`).
 Videos that fail to decode are skipped, counted and listed in ``name.failures.json``
 (each once, also across resumed runs); the run goes on. ``name.counts.json`` lists the
 records of each finished shard.
@@ -14,8 +16,10 @@ records of each finished shard.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -33,12 +37,19 @@ VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v")
 
 @dataclasses.dataclass(frozen=True)
 class VideoEntry:
-    """One clip to write: a file, its class, and optionally a time window (seconds)."""
+    """One clip to write: a file, its class, optionally a time window (seconds), and
+    ``id``, its name in the dataset whatever the storage (``<class>/<file>``, a CSV's
+    path, a Kinetics stem; default the path): what decides its shard in a Beam job."""
     path: str
     label: int
     label_text: str
     start: float | None = None
     end: float | None = None
+    id: str = ""
+
+    def __post_init__(self):
+        if not self.id:
+            object.__setattr__(self, "id", self.path)
 
 
 class DecodedVideo(NamedTuple):
@@ -133,99 +144,149 @@ def read_frame_folder(path: str, short_side: int = 256) -> np.ndarray:
     return np.stack(frames)
 
 
-def _write_shard(entries: Sequence[VideoEntry], path: str, fps: float, short_side: int,
+def write_shard(entries: Sequence[VideoEntry], path: str, fps: float, short_side: int,
                  quality: int) -> tuple[list[dict], int]:
     """Writes one shard (atomically); returns the failures and the records written."""
     import tensorflow as tf
-
-    from uniformerv2_jax.input import records
 
     failures = []
     with storage.staging_file(path) as staging:
         with tf.io.TFRecordWriter(staging) as writer:
             for entry in entries:
-                failure = _write_entry(writer, entry, fps, short_side, quality, records)
-                if failure:
-                    failures.append({**failure, "shard": storage.path(path).name})
+                try:
+                    writer.write(encode_entry(entry, fps, short_side, quality))
+                except Exception as e:  # noqa: BLE001 -- any decoder failure skips the video
+                    failures.append(failure(entry, e, storage.path(path).name))
         storage.publish(staging, path)
     return failures, len(entries) - len(failures)
 
 
-def _write_entry(writer, entry: VideoEntry, fps: float, short_side: int, quality: int,
-                 records) -> dict | None:
-    """Decodes one video into one record; returns its failure, if it fails."""
+def encode_entry(entry: VideoEntry, fps: float, short_side: int, quality: int) -> bytes:
+    """One video's record (serialised); raises what decoding raises."""
     import tensorflow as tf
 
+    from uniformerv2_jax.input import records
+
     folder = storage.path(entry.path).is_dir()
-    try:
-        if folder:  # no clock: the frames are taken to be at ``fps``
-            video = read_frame_folder(entry.path, short_side)
-            seconds = (0.0, len(video) / fps)
-        else:
-            video, clip_end = read_video(entry.path, fps, short_side, entry.start, entry.end)
-            seconds = (entry.start or 0.0, min(clip_end, math.inf if entry.end is None else entry.end))
-        jpegs = [tf.io.encode_jpeg(frame, quality=quality).numpy() for frame in video]
-    except Exception as e:  # noqa: BLE001 -- any decoder failure skips the video
-        return {"path": entry.path, "error": f"{type(e).__name__}: {e}"}
-    writer.write(records.encode_clip(jpegs, entry.label, entry.label_text, entry.path,
-                                     *(round(1e6 * t) for t in seconds), None if folder else fps))
-    return None
+    if folder:  # no clock: the frames are taken to be at ``fps``
+        video = read_frame_folder(entry.path, short_side)
+        seconds = (0.0, len(video) / fps)
+    else:
+        video, clip_end = read_video(entry.path, fps, short_side, entry.start, entry.end)
+        seconds = (entry.start or 0.0, min(clip_end, math.inf if entry.end is None else entry.end))
+    jpegs = [tf.io.encode_jpeg(frame, quality=quality).numpy() for frame in video]
+    return records.encode_clip(jpegs, entry.label, entry.label_text, entry.path,
+                               *(round(1e6 * t) for t in seconds), None if folder else fps)
+
+
+def failure(entry: VideoEntry, error: Exception, shard: str) -> dict:
+    """A line of ``name.failures.json``."""
+    return {"path": entry.path, "error": f"{type(error).__name__}: {error}", "shard": shard}
+
+
+def shard_of(video_id: str, num_shards: int) -> int:
+    """The shard of a video: a pure function of its id and the shard count (the same in
+    every run, on every runner)."""
+    return int.from_bytes(hashlib.sha256(video_id.encode()).digest()[:8], "big") % num_shards
+
+
+@dataclasses.dataclass
+class ShardPlan:
+    """A run of the writer: each shard's path and videos (sorted by id), the shards still
+    to write, and the sidecars' content so far (``counts`` of finished shards, the
+    ``failures`` found in them)."""
+    paths: list[str]
+    videos: list[list[VideoEntry]]
+    todo: list[int]
+    counts: dict[str, int]
+    failures: list[dict]
+    counts_file: storage.epath.Path
+    failures_file: storage.epath.Path
+
+    def record(self, shard: str, written: int, failures: list[dict]) -> None:
+        """Notes a finished shard and saves the sidecars."""
+        self.failures.extend(failures)
+        self.counts[shard] = written
+        self.save()
+
+    def save(self) -> None:
+        """Writes the sidecars: failures first, so that an interrupted run knows what is
+        finished (a shard the counts name) and what failed in it."""
+        storage.write_atomic(self.failures_file, json.dumps(self.failures, indent=1))
+        storage.write_atomic(self.counts_file, json.dumps(dict(sorted(self.counts.items())), indent=1))
+
+
+def plan_shards(entries: Sequence[VideoEntry], output_dir: str | os.PathLike, name: str,
+                num_shards: int) -> ShardPlan:
+    """Deals ``entries`` to ``num_shards`` shards by :func:`shard_of` and finds the shards
+    an earlier run finished (present, and named by the counts sidecar)."""
+    from uniformerv2_jax.input import records
+
+    if num_shards < 1:
+        raise ValueError(f"num_shards={num_shards} must be positive")
+    if num_shards & (num_shards - 1):
+        logging.warning("num_shards=%d is not a power of two: hosts (a power of two) that read "
+                        "the records get unequal numbers of shards", num_shards)
+    ids = collections.Counter(e.id for e in entries)
+    repeated = [i for i, n in ids.items() if n > 1]
+    if repeated:
+        raise ValueError(f"{len(repeated)} videos are listed more than once, e.g. {repeated[:3]}")
+    output_dir = storage.path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = [os.fspath(output_dir / records.shard_name(name, i, num_shards)) for i in range(num_shards)]
+    videos: list[list[VideoEntry]] = [[] for _ in range(num_shards)]
+    for entry in sorted(entries, key=lambda e: e.id):
+        videos[shard_of(entry.id, num_shards)].append(entry)
+    failures_file = output_dir / records.failures_name(name)
+    counts_file = output_dir / records.counts_name(name)  # records per shard, for eval planning
+    counts = json.loads(counts_file.read_text()) if counts_file.exists() else {}
+    todo = [i for i, p in enumerate(paths)
+            if storage.path(p).name not in counts or not storage.path(p).exists()]
+    rewritten = {storage.path(paths[i]).name for i in todo}
+    failures = json.loads(failures_file.read_text()) if failures_file.exists() else []
+    failures = [f for f in failures if f.get("shard") not in rewritten]  # listed again when written
+    counts = {k: v for k, v in counts.items() if k not in rewritten}
+    return ShardPlan(paths, videos, todo, counts, failures, counts_file, failures_file)
 
 
 def write_records(entries: Sequence[VideoEntry], output_dir: str | os.PathLike, name: str,
                   num_shards: int, fps: float = 10.0, short_side: int = 256, quality: int = 90,
                   workers: int | None = None, progress: bool = True) -> dict:
-    """Writes all shards that do not exist yet; returns a report of what happened.
-
-    ``workers`` processes write shards in parallel (default: one per core; 0 writes in
-    this process).
+    """Writes all shards that do not exist yet, on this host; returns a report of what
+    happened (:func:`report`). ``workers`` processes write shards in parallel (default:
+    one per core; 0 writes in this process). :mod:`beam_writer` runs the same on Beam.
     """
-    output_dir = storage.path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if num_shards < 1:
-        raise ValueError(f"num_shards={num_shards} must be positive")
-    from uniformerv2_jax.input import records
-
-    paths = [os.fspath(output_dir / records.shard_name(name, i, num_shards)) for i in range(num_shards)]
-    failures_file = output_dir / records.failures_name(name)
-    counts_file = output_dir / records.counts_name(name)  # records per shard, for eval planning
-    counts = json.loads(counts_file.read_text()) if counts_file.exists() else {}
-    # A shard is finished when it exists and the counts sidecar (written after it) names it.
-    todo = [i for i, p in enumerate(paths)
-            if storage.path(p).name not in counts or not storage.path(p).exists()]
-    rewritten = {storage.path(paths[i]).name for i in todo}
-    failures = json.loads(failures_file.read_text()) if failures_file.exists() else []
-    failures = [f for f in failures if f.get("shard") not in rewritten]  # listed again below
+    plan = plan_shards(entries, output_dir, name, num_shards)
     if workers is None:
-        workers = min(os.cpu_count() or 1, len(todo))
-    jobs = [(entries[i::num_shards], paths[i], fps, short_side, quality) for i in todo]
-    bar = _progress(len(todo), f"writing {name}", progress)
+        workers = min(os.cpu_count() or 1, len(plan.todo))
+    jobs = [(plan.videos[i], plan.paths[i], fps, short_side, quality) for i in plan.todo]
+    bar = _progress(len(jobs), f"writing {name}", progress)
 
     def done(job, result):
-        failures.extend(result[0])
-        counts[storage.path(job[1]).name] = result[1]
-        # After every shard, failures first, so that an interrupted run knows what is
-        # finished (a shard the counts name) and what failed in it.
-        storage.write_atomic(failures_file, json.dumps(failures, indent=1))
-        storage.write_atomic(counts_file, json.dumps(dict(sorted(counts.items())), indent=1))
+        plan.record(storage.path(job[1]).name, result[1], result[0])
         bar.update(1)
 
     if workers == 0 or len(jobs) <= 1:  # in this process
         for job in jobs:
-            done(job, _write_shard(*job))
+            done(job, write_shard(*job))
     else:
         context = multiprocessing.get_context("spawn")  # TF and fork do not mix
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = {pool.submit(_write_shard, *job): job for job in jobs}
+            futures = {pool.submit(write_shard, *job): job for job in jobs}
             for future in concurrent.futures.as_completed(futures):
                 done(futures[future], future.result())
     bar.close()
-    storage.write_atomic(failures_file, json.dumps(failures, indent=1))
-    if failures:
+    return report(plan, len(entries))
+
+
+def report(plan: ShardPlan, videos: int) -> dict:
+    """What a finished run did; the failures file is written even when nothing failed."""
+    storage.write_atomic(plan.failures_file, json.dumps(plan.failures, indent=1))
+    if plan.failures:
         logging.warning("%d videos failed to decode and were skipped; see %s",
-                        len(failures), failures_file)
-    return {"shards": paths, "written": len(todo), "kept": num_shards - len(todo),
-            "videos": len(entries), "failed": len(failures), "failures_file": str(failures_file)}
+                        len(plan.failures), plan.failures_file)
+    return {"shards": plan.paths, "written": len(plan.todo), "kept": len(plan.paths) - len(plan.todo),
+            "videos": videos, "failed": len(plan.failures), "failures_file": str(plan.failures_file)}
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -244,7 +305,7 @@ def folder_entries(root: str | os.PathLike, class_names: Sequence[str] | None = 
     for label, name in enumerate(names):
         for video in sorted((root / name).glob("*")):
             if video.suffix.lower() in VIDEO_SUFFIXES:
-                entries.append(VideoEntry(str(video), label, name))
+                entries.append(VideoEntry(str(video), label, name, id=f"{name}/{video.name}"))
     return entries, names
 
 
@@ -274,9 +335,9 @@ def csv_entries(csv_path: str | os.PathLike, video_root: str | os.PathLike | Non
         start = end = None
         if "youtube_id" in row:
             first, last = int(float(row["time_start"])), int(float(row["time_end"]))
-            stem = f"{row['youtube_id']}_{first:06d}_{last:06d}"
-            found = sorted(root.glob(stem + ".*"))
-            path = str(found[0]) if found else str(root / f"{stem}.mp4")
+            key = f"{row['youtube_id']}_{first:06d}_{last:06d}"
+            found = sorted(root.glob(key + ".*"))
+            path = str(found[0]) if found else str(root / f"{key}.mp4")
         elif "video_path" in row:
             path = str(root / row["video_path"]) if video_root else row["video_path"]
             try:
@@ -284,13 +345,15 @@ def csv_entries(csv_path: str | os.PathLike, video_root: str | os.PathLike | Non
             except (KeyError, TypeError, ValueError):
                 raise ValueError(f"{csv_path}:{line}: DMVR rows need numeric 'start' and 'end' "
                                  f"(seconds), got {row.get('start')!r}, {row.get('end')!r}") from None
+            key = f"{row['video_path']}@{start:g}-{end:g}"  # one video may give several clips
         elif "path" in row:
-            path = str(root / row["path"])
+            key = row["path"]
+            path = str(root / key)
         else:
             raise ValueError(f"{csv_path}: expected columns 'path,label', "
                              "'youtube_id,time_start,time_end,label,split' or "
                              "'video_path,start,end,label' (DMVR's)")
-        entries.append(VideoEntry(path, label_id, class_names[label_id], start, end))
+        entries.append(VideoEntry(path, label_id, class_names[label_id], start, end, key))
     return entries
 
 
@@ -309,5 +372,5 @@ def something_something_entries(list_json: str | os.PathLike, labels_json: str |
             raise ValueError(f"{list_json}: video {item['id']}: template {name!r} not in {labels_json}")
         folder = storage.path(video_root) / str(item["id"])
         path = folder if folder.is_dir() else folder.with_name(f"{item['id']}.webm")
-        entries.append(VideoEntry(str(path), int(labels[name]), name))
+        entries.append(VideoEntry(str(path), int(labels[name]), name, id=str(item["id"])))
     return entries
