@@ -229,7 +229,8 @@ def test_dmvr_csv_rows_write_their_clip_and_its_real_end(tmp_path):
     writer.write_records(entries, tmp_path / "out", "val", num_shards=1, fps=10, short_side=32,
                          quality=100, workers=0, progress=False)
     shard = str(tmp_path / "out" / records.shard_name("val", 0, 1))
-    first, whole = (records.parse_clip(r) for r in tf.data.TFRecordDataset(shard))
+    # In a shard, records are in order of id: "a.mp4@0-10" before "a.mp4@0.5-1.3".
+    whole, first = (records.parse_clip(r) for r in tf.data.TFRecordDataset(shard))
     assert int(first["start_us"]) == 500_000 and int(first["end_us"]) == 1_300_000
     frames = tf.map_fn(tf.io.decode_jpeg, first["frames"], fn_output_signature=tf.uint8).numpy()
     assert source_frames(frames) == [13, 16, 18, 21, 23, 26, 28, 31]
