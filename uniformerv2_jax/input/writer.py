@@ -324,6 +324,7 @@ def csv_entries(csv_path: str | os.PathLike, video_root: str | os.PathLike | Non
     index = {name: i for i, name in enumerate(class_names)}
     root = storage.path(video_root or ".")
     entries = []
+    files: dict[str, str] | None = None  # Kinetics stem -> its file: the folder listed once
     rows = list(csv.DictReader(io.StringIO(storage.path(csv_path).read_text(encoding="utf-8"))))
     for line, row in enumerate(rows, start=2):
         label = row.get("label", "").strip()
@@ -336,8 +337,10 @@ def csv_entries(csv_path: str | os.PathLike, video_root: str | os.PathLike | Non
         if "youtube_id" in row:
             first, last = int(float(row["time_start"])), int(float(row["time_end"]))
             key = f"{row['youtube_id']}_{first:06d}_{last:06d}"
-            found = sorted(root.glob(key + ".*"))
-            path = str(found[0]) if found else str(root / f"{key}.mp4")
+            if files is None:  # (reversed: of two files of one stem, the first by name wins)
+                listed = sorted(root.iterdir(), reverse=True) if root.is_dir() else []
+                files = {p.stem: str(p) for p in listed}
+            path = files.get(key) or str(root / f"{key}.mp4")
         elif "video_path" in row:
             path = str(root / row["video_path"]) if video_root else row["video_path"]
             try:
