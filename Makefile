@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(VENV)/bin/python main.py demo
 
 test: $(TPU_STAMP)
+	$(VENV)/bin/ruff check .
 	$(WITH_JEMALLOC) $(VENV)/bin/python -m pytest -q tests
 
 bench: $(STAMP)

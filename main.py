@@ -458,7 +458,7 @@ def compile_command() -> None:
     try:
         target = topology.describe(FLAGS.topology, FLAGS.num_slices)
     except ValueError as error:
-        raise app.UsageError(str(error))
+        raise app.UsageError(str(error)) from None
     config = FLAGS.config
     if FLAGS.find_batch:
         result = aot.find_batch(config, target, FLAGS.step, progress=lambda r: print(

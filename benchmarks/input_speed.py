@@ -28,10 +28,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from uniformerv2_jax.input import pipeline, records  # noqa: E402
+from uniformerv2_jax.input import pipeline, records
 
 BASELINE = "9701b28c7bbe030938a8d01bc857505f501c8823"  # decode, then crop; float RandAugment
 RANDAUGMENT = "rand-m7-n4-mstd0.5-inc1"

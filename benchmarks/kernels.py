@@ -22,12 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from uniformerv2_jax.kernels import choose_kernels  # noqa: E402
-from uniformerv2_jax.layers import DepthwiseConv3D, attention  # noqa: E402
+from uniformerv2_jax.kernels import choose_kernels
+from uniformerv2_jax.layers import DepthwiseConv3D, attention
 
 
 def milliseconds(fn, args, repeats: int) -> float:
@@ -68,9 +68,9 @@ def cases(batch: int, dtype):
         kernel = jnp.asarray(rng.standard_normal((*size, channels)), jnp.float32)
         bias = jnp.zeros((channels,), jnp.float32)
 
-        def conv(form, size=size):
+        def conv(form, size=size, bias=bias):
             module = DepthwiseConv3D(size, implementation=form)
-            return lambda x, kernel: module.apply({"params": {"kernel": kernel, "bias": bias}}, x)
+            return lambda inputs, weights: module.apply({"params": {"kernel": weights, "bias": bias}}, inputs)
 
         yield label, {"shifted sums (ours)": conv("shifted"), "grouped conv": conv("grouped")}, [x, kernel]
 

@@ -28,14 +28,14 @@ from unittest import mock
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=64"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
-from uniformerv2_jax import experiment as experiment_lib  # noqa: E402
-from uniformerv2_jax import model as model_lib  # noqa: E402
-from uniformerv2_jax import perf, sharding, train  # noqa: E402
-from uniformerv2_jax.config import Row, experiment  # noqa: E402
+from uniformerv2_jax import experiment as experiment_lib
+from uniformerv2_jax import model as model_lib
+from uniformerv2_jax import perf, sharding, train
+from uniformerv2_jax.config import Row, experiment
 
 CASES = [  # label, zoo row (only the architecture and frames matter here), remat
     ("B/16 8x224", Row("B/16", 8, "clip", 1, 1e-5, 1, 0, (1, 1)), False),

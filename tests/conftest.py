@@ -6,12 +6,12 @@ from pathlib import Path
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
 
-from uniformerv2_jax import topology  # noqa: E402
+from uniformerv2_jax import topology
 
 # The CPU backend, and libtpu (where installed) only for described TPUs: in this process
 # and in the commands the tests start.

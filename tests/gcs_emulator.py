@@ -109,7 +109,7 @@ class GcsEmulator:
         """Starts the child and makes :attr:`buckets`; returns self."""
         certificates = _certificates()
         self.ca_file = certificates / "ca.pem"
-        self._log = tempfile.TemporaryFile()  # noqa: SIM115 (open until stop())
+        self._log = tempfile.TemporaryFile()
         # The child stops when its stdin closes: at stop(), or when this process dies.
         self._child = subprocess.Popen([sys.executable, __file__, str(certificates)],
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log)
@@ -490,7 +490,7 @@ def _serve(certificates: Path) -> None:
     emulator = subprocess.Popen(
         [str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(emulator_port),
          "-backend", "memory", "-log-level", "warn", "-public-host", "storage.googleapis.com"],
-        stdout=sys.stderr, preexec_fn=_die_with_parent)  # noqa: PLW1509 (no thread yet)
+        stdout=sys.stderr, preexec_fn=_die_with_parent)
     try:
         proxy = _ProxyServer(("127.0.0.1", 0), _ProxyHandler)
         proxy.state, proxy.emulator_port = _State(), emulator_port

@@ -10,8 +10,13 @@ from conftest import random_video, tiny_fields
 
 from uniformerv2_jax import UniFormerV2
 from uniformerv2_jax.optim import make_optimizer
-from uniformerv2_jax.train_step import (create_train_state, cross_entropy, topk_correct, train_step,
-                                       video_probabilities)
+from uniformerv2_jax.train_step import (
+    create_train_state,
+    cross_entropy,
+    topk_correct,
+    train_step,
+    video_probabilities,
+)
 
 
 def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():

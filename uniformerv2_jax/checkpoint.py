@@ -73,14 +73,14 @@ class Checkpoints:
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         try:
             self.manager.save(step, args=args, metrics=metrics, force=True)
-        except Exception as e:  # noqa: BLE001 - an earlier async save's error surfaces here too
+        except Exception as e:
             raise self._failed(e) from e
 
     def wait(self) -> None:
         """Blocks until the last save is on disk; raises :class:`CheckpointError` if it failed."""
         try:
             self.manager.wait_until_finished()
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise self._failed(e) from e
 
     def _failed(self, error: Exception) -> CheckpointError:
@@ -114,7 +114,7 @@ class Checkpoints:
             try:
                 restored = storage.retry(lambda c=candidate: self._read(c, abstract_state),
                                          f"restoring {where}")
-            except Exception as e:  # noqa: BLE001 - classified: transient or damage
+            except Exception as e:
                 reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
                 if storage.is_transient(e):
                     raise CheckpointError(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax

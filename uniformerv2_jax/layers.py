@@ -10,13 +10,14 @@ fast path and the accurate one.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import einops
 import flax.linen as nn
-from flax.core import lift
 import jax
 import jax.numpy as jnp
+from flax.core import lift
 from jax import lax
 
 Dtype = Any

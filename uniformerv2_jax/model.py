@@ -18,7 +18,8 @@ channels-last ``(N, T, H, W, 3)``; the backbone stream is kept as ``(N, T, L, C)
 from __future__ import annotations
 
 import itertools
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import einops
 import flax.linen as nn
@@ -27,8 +28,21 @@ import jax.numpy as jnp
 import numpy as np
 
 from uniformerv2_jax.kernels import Kernels, choose_kernels, parse_kernels
-from uniformerv2_jax.layers import (MLP, Attention, BatchNorm, Dense, DepthwiseConv3D, Dtype, add_to_patches,
-                                    drop, drop_path, layer_norm, remat, torch_default_uniform, zeros)
+from uniformerv2_jax.layers import (
+    MLP,
+    Attention,
+    BatchNorm,
+    Dense,
+    DepthwiseConv3D,
+    Dtype,
+    add_to_patches,
+    drop,
+    drop_path,
+    layer_norm,
+    remat,
+    torch_default_uniform,
+    zeros,
+)
 
 Array = jax.Array
 
@@ -184,7 +198,7 @@ def layer_runs(layers: int, return_list: Sequence[int]) -> list[tuple[int, int, 
     return [(run[0], run[-1] + 1, tapped) for tapped, run in ((t, list(g)) for t, g in groups)]
 
 
-def layer_layout(model: "UniFormerV2", tree: dict, stacked: bool) -> dict:
+def layer_layout(model: UniFormerV2, tree: dict, stacked: bool) -> dict:
     """One collection's tree in the scan layout (``stacked``: ``layers_{a}_{b}`` per run,
     its layers stacked on axis 0) or the loop layout (``layer_{i}``); other entries kept."""
     tree = dict(tree)
@@ -198,13 +212,13 @@ def layer_layout(model: "UniFormerV2", tree: dict, stacked: bool) -> dict:
     return tree
 
 
-def per_layer_intermediates(model: "UniFormerV2", intermediates: dict) -> dict:
+def per_layer_intermediates(model: UniFormerV2, intermediates: dict) -> dict:
     """The ``intermediates`` collection with ``layer_{i}`` entries whether or not the model
     scans (``nn.scan`` sows ``layers_{a}_{b}`` entries stacked on axis 0)."""
     return layer_layout(model, intermediates, stacked=False)
 
 
-def validate_fields(m: "UniFormerV2") -> None:
+def validate_fields(m: UniFormerV2) -> None:
     """Rejects impossible settings before anything is traced, naming the field."""
     def fail(field: str, why: str):
         raise ValueError(f"UniFormerV2.{field}={getattr(m, field)!r}: {why}")

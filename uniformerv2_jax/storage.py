@@ -24,7 +24,8 @@ import shutil
 import tempfile
 import time
 import uuid
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from etils import epath
 
@@ -94,7 +95,7 @@ def retry(operation: Callable[[], T], what: str, attempts: int = 6, first_delay:
     for attempt in range(1, attempts + 1):
         try:
             return operation()
-        except Exception as e:  # noqa: BLE001 - classified just below
+        except Exception as e:
             if attempt == attempts or not is_transient(e):
                 raise
             log.warning("%s failed (%s: %s); retrying in %.0f s (attempt %d of %d)", what,

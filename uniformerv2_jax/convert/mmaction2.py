@@ -17,7 +17,8 @@ import ast
 import logging
 import operator
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 

@@ -12,7 +12,7 @@ deterministic given its seed.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
@@ -35,7 +35,7 @@ def _png_sizes(frames: tf.Tensor) -> tf.Tensor:
     return tf.reverse(tf.reduce_sum(fields, axis=-1), axis=[1])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _blank_jpeg() -> bytes:
     with tf.init_scope():  # eagerly, also while a tf.data function is traced
         return tf.io.encode_jpeg(tf.zeros([1, 1, 3], tf.uint8)).numpy()

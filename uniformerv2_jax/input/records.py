@@ -15,7 +15,7 @@ named so that no shard glob (``NAME-*``, ``NAME-*-of-*``, ``*.tfrecord``) matche
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 

@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 
@@ -212,7 +212,7 @@ def _count_records(path: str) -> tuple[int, int]:
     return _count_version(path, stat.st_size, stat.st_mtime_ns)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _count_version(path: str, length: int, mtime_nsec: int) -> tuple[int, int]:
     del length, mtime_nsec  # the cache key: a rewritten shard is counted again
     with tf.init_scope():  # eagerly, also when a tf.data function is being traced

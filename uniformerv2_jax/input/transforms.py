@@ -8,7 +8,7 @@ crops with SlowFast's ``ceil`` centre offset for testing.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 

@@ -25,8 +25,9 @@ import logging
 import math
 import multiprocessing
 import os
+from collections.abc import Sequence
 from fractions import Fraction
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
