@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, tiny_fields
+from helpers import ROOT, tiny_fields
 
 from uniformerv2_jax import aot, executable, sharding, topology, train
 from uniformerv2_jax import config as config_lib
@@ -117,6 +117,7 @@ def test_remat_halves_the_temporaries_on_a_tpu():
     assert reports[True]["gflop_per_chip"] > reports[False]["gflop_per_chip"]  # the recomputed forward
 
 
+@pytest.mark.e2e
 def test_a_step_that_does_not_fit_is_reported_with_xlas_message(tmp_path):
     report_path = tmp_path / "report.json"
     process = subprocess.run(

@@ -4,7 +4,7 @@ not installed by ``make test``; these tests run where it is)."""
 import dataclasses
 
 import pytest
-from conftest import tiny_fields
+from helpers import tiny_fields
 
 from uniformerv2_jax import aot, topology
 from uniformerv2_jax import config as config_lib

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import tensorflow as tf
-from conftest import ROOT
+from helpers import ROOT
 
 from uniformerv2_jax.input import records, sources, synthetic, writer
 
@@ -86,6 +86,7 @@ def test_a_rerun_writes_only_unfinished_shards_and_duplicates_nothing(tmp_path, 
     assert sum(sources.record_counts(shard_files(out)).values()) == len(entries) - 1
 
 
+@pytest.mark.e2e
 def test_write_records_command_runs_on_beams_multiprocessing_direct_runner(tmp_path, entries):
     videos = entries[0].path.rsplit("/", 2)[0]
     command = [sys.executable, str(ROOT / "main.py"), "write_records", f"--videos={videos}",

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, write_synthetic_records
+from helpers import ROOT, write_synthetic_records
 
 from uniformerv2_jax import storage
 from uniformerv2_jax.input import doctor, records
@@ -173,6 +173,7 @@ def run_main(*args):
                           check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
+@pytest.mark.e2e
 def test_command_json_and_exit_codes(damaged, tmp_path):
     pattern, root = damaged
     classes = tmp_path / "classes.txt"

@@ -6,7 +6,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from uniformerv2_jax import aot, experiment, train
 from uniformerv2_jax import config as config_lib
@@ -82,7 +82,7 @@ def test_config_builds_its_model_and_batch_spec(file, arg):
 
 
 def test_batch_specs_match_what_the_pipelines_yield(synthetic_records):
-    from conftest import tiny_train_config
+    from helpers import tiny_train_config
 
     config = tiny_train_config(synthetic_records, **{"data.mixup_alpha": 0.8})
     source = sources.resolve(config.data.train, "data.train")
@@ -149,7 +149,7 @@ def test_a_fine_tune_row_from_scratch_builds_and_without_init_from_train_refuses
 
 
 def test_initial_state_refuses_an_empty_init_from_and_scratch_is_random(synthetic_records):
-    from conftest import tiny_train_config
+    from helpers import tiny_train_config
 
     config = tiny_train_config(synthetic_records, init_from="")
     exp = experiment.build(config, 16)  # building for evaluation does not need it
@@ -173,7 +173,7 @@ def test_initial_state_refuses_an_empty_init_from_and_scratch_is_random(syntheti
 ])
 def test_a_mesh_that_cannot_split_the_model_is_refused_naming_both_fields(
         synthetic_records, mesh, devices, fields, message):
-    from conftest import tiny_fields, tiny_train_config
+    from helpers import tiny_fields, tiny_train_config
 
     config = tiny_train_config(synthetic_records)
     config.model = config_lib.model_config("B/16", **tiny_fields(layers=2, return_list=(1,),
@@ -185,7 +185,7 @@ def test_a_mesh_that_cannot_split_the_model_is_refused_naming_both_fields(
 
 
 def test_batches_that_do_not_split_over_the_mesh_are_refused(synthetic_records):
-    from conftest import tiny_train_config
+    from helpers import tiny_train_config
 
     config = tiny_train_config(synthetic_records, batch_size=12)  # data = 8 devices
     with pytest.raises(ValueError, match=r"config.batch_size=12 must be divisible by the data x fsdp "
@@ -242,7 +242,7 @@ def test_the_own_videos_config_scales_the_official_recipe_to_the_data(tmp_path, 
 
 
 def test_tuple_model_fields_are_overridden_from_the_command_line():
-    from conftest import parse_config_flags
+    from helpers import parse_config_flags
 
     config = parse_config_flags(f"--config={ROOT / 'configs' / 'kinetics.py'}",
                                 "--config.model.return_list=(6, 11)")
@@ -251,7 +251,7 @@ def test_tuple_model_fields_are_overridden_from_the_command_line():
 
 
 def test_the_data_config_has_no_copy_of_the_models_fields():
-    from conftest import parse_config_flags
+    from helpers import parse_config_flags
 
     config = config_lib.base_config()
     assert not {"num_classes", "crop", "frames"} & set(config.data.keys())
@@ -262,7 +262,7 @@ def test_the_data_config_has_no_copy_of_the_models_fields():
 
 
 def test_the_pipelines_read_the_clip_and_classes_from_the_model(synthetic_records):
-    from conftest import tiny_fields, tiny_train_config
+    from helpers import tiny_fields, tiny_train_config
 
     config = tiny_train_config(synthetic_records, **{"data.mixup_alpha": 0.8})
     config.model = config_lib.model_config("B/16", **tiny_fields(

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TOKENS_ATOL
+from helpers import TOKENS_ATOL
 from safetensors.numpy import save_file
 
 from uniformerv2_jax import from_clip

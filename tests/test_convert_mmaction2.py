@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import LOGITS_ATOL, ROOT
+from helpers import LOGITS_ATOL, ROOT
 from safetensors.numpy import save_file
 
 from uniformerv2_jax.convert import from_mmaction2, from_official, read_state_dict, to_mmaction2
@@ -180,6 +180,7 @@ def test_a_400_class_head_is_reindexed_by_class_name(tmp_path, mma):
     assert_same_state(to_mmaction2(kept_model, kept, keep_head_order=True), state)
 
 
+@pytest.mark.e2e
 def test_convert_command_line_round_trip(tmp_path, mma):
     pth, config, state, _ = mma
 

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 import torch
-from conftest import LOGITS_ATOL, ROOT, randomize, tiny_fields
+from helpers import LOGITS_ATOL, ROOT, randomize, tiny_fields
 from safetensors.numpy import save_file
 
 from uniformerv2_jax import UniFormerV2, from_official, to_official, transfer_head
@@ -231,6 +231,7 @@ def test_converted_checkpoint_saves_and_restores(tmp_path, golden, tiny_a_config
         load_converted(tmp_path)
 
 
+@pytest.mark.e2e
 def test_convert_command_line_round_trip(tmp_path, golden, tiny_a_config):
     def main(*args):
         return subprocess.run([sys.executable, str(ROOT / "main.py"), *args], cwd=ROOT,

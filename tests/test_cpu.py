@@ -60,6 +60,7 @@ def test_reexec_once(tmp_path):
     assert run.stdout == "start\nNone None\n"
 
 
+@pytest.mark.e2e
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux's")
 def test_main_train_reexecutes(tmp_path):
     """``main.py train`` re-executes itself with the preload (ld.so names the fake library

@@ -18,7 +18,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT
+from helpers import ROOT
 
 from uniformerv2_jax import config as config_lib
 from uniformerv2_jax.input import doctor, pipeline, records, sources, synthetic, writer
@@ -150,6 +150,7 @@ def test_label_from_is_checked_and_defaults_to_names(tmp_path):
         config_lib.validate(c, training=False)
 
 
+@pytest.mark.e2e
 def test_sidecars_match_no_shard_glob_and_shards_take_the_umask(tmp_path):
     videos = synthetic.write_dataset(tmp_path / "videos", videos_per_class=1, frames=8, size=32)
     entries, _ = writer.folder_entries(videos, synthetic.CLASSES)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import LOGITS_ATOL, ROOT, randomize, tiny_fields, tiny_train_config
+from helpers import LOGITS_ATOL, ROOT, randomize, tiny_fields, tiny_train_config
 
 from uniformerv2_jax import export, predict, storage
 from uniformerv2_jax.checkpoint import Checkpoints

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.e2e  # whole programs: main.py commands, worker processes
+
 TESTS = Path(__file__).resolve().parent
-WORKER = TESTS / "multihost_worker.py"
+WORKER = TESTS / "support" / "multihost_worker.py"
 # 12 steps, a checkpoint after every one (so that kills land inside saves), one eval.
 OVERRIDES = {"train_steps": 12, "checkpoint_every": 1, "log_every": 1, "eval_every": 12}
 
@@ -91,7 +93,7 @@ def run_with_faults(records, workdir, out, faults, rng, timeout=600):
 @pytest.fixture(scope="module")
 def reference(synthetic_records, tmp_path_factory):
     """The uninterrupted run, in this process (the same XLA program as the workers')."""
-    from conftest import tiny_train_config
+    from helpers import tiny_train_config
 
     from uniformerv2_jax import train
 
@@ -125,7 +127,7 @@ def soak(kills: int, seed: int = 0) -> None:
     import tempfile
 
     sys.path.insert(0, str(TESTS))
-    from conftest import write_synthetic_records
+    from helpers import write_synthetic_records
 
     root = Path(tempfile.mkdtemp(prefix="soak_"))
     records = {"train": write_synthetic_records(root / "train", 8, seed=0),

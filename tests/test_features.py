@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import (
+from helpers import (
     LOGITS_ATOL,
     ROOT,
     TOKENS_ATOL,
@@ -92,6 +92,7 @@ def tree_bytes(root):
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.e2e
 def test_sliding_windows_of_a_video_folder_resume_to_the_same_files(converted, videos, tmp_path):
     model, variables, directory = converted
     out = tmp_path / "out"

@@ -7,7 +7,7 @@ crash of another kind, never a hang.
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT
+from helpers import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

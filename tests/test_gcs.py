@@ -1,4 +1,4 @@
-"""Everything on gs://, against the GCS emulator of tests/gcs_emulator.py (real TF, tensorstore
+"""Everything on gs://, against the GCS emulator of tests/support/gcs_emulator.py (real TF, tensorstore
 and orbax clients): training with records, workdir and starting weights in a bucket, killed and
 resumed, bitwise equal to the same run on local disk; eval, predict, convert, write_records;
 transient storage errors retried, never taken for damage.
@@ -13,8 +13,9 @@ import time
 
 import jax
 import numpy as np
+import pytest
 import tensorflow as tf
-from conftest import LOGITS_ATOL, ROOT, tiny_train_config
+from helpers import LOGITS_ATOL, ROOT, tiny_train_config
 from test_checkpoint import ABSTRACT, state
 from test_fault_injection import final_params, losses
 
@@ -58,6 +59,7 @@ def logged_steps(gcs, name: str) -> int:
     return text.count('"train/loss"')
 
 
+@pytest.mark.e2e
 def test_a_run_entirely_on_gcs_equals_the_local_run_and_every_command_works(
         gcs, synthetic_records, tmp_path, tiny_a_config):
     # Starting weights: a converted checkpoint, written straight to the bucket.
@@ -81,7 +83,7 @@ def test_a_run_entirely_on_gcs_equals_the_local_run_and_every_command_works(
 
     def start():
         return subprocess.Popen(
-            [sys.executable, str(TESTS / "multihost_worker.py"), "train", "0", "0", "1",
+            [sys.executable, str(TESTS / "support" / "multihost_worker.py"), "train", "0", "0", "1",
              str(tmp_path / "out.json"), json.dumps(records), workdir, json.dumps(overrides)],
             cwd=cwd, env={**gcs.env(), **isolated(cwd), "PATH": "/usr/bin:/bin",
                           "PYTHONPATH": f"{TESTS}:{ROOT}",

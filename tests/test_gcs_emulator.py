@@ -1,5 +1,5 @@
 """The real GCS clients (tf.io.gfile, tf.data, etils.epath, tensorstore, orbax) against the local
-emulator of tests/gcs_emulator.py, transient failures included."""
+emulator of tests/support/gcs_emulator.py, transient failures included."""
 
 import sys
 import time

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT
+from helpers import ROOT
 
 from uniformerv2_jax.input import pipeline, records, sources, synthetic, writer
 
@@ -101,6 +101,7 @@ def test_listing_formats(tmp_path):
     assert entry.path.endswith("17.webm") and entry.label == 0
 
 
+@pytest.mark.e2e
 def test_write_records_command_line(tmp_path, video_tree):
     classes = tmp_path / "classes.txt"
     classes.write_text("\n".join(synthetic.CLASSES) + "\n")

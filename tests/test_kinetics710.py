@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from uniformerv2_jax.input import kinetics710, writer
 from uniformerv2_jax.labels import read_class_names
@@ -151,6 +151,7 @@ def run_make_k710(*args):
                           check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
+@pytest.mark.e2e
 def test_command(csvs, tmp_path):
     out = tmp_path / "k710"
     result = run_make_k710(*(f"--{source}_csvs={','.join(paths)}" for source, paths in csvs.items()),

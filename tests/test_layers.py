@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import GRADIENT_FLOOR, LOGITS_ATOL, assert_close_to_max, random_video, tiny_fields
+from helpers import GRADIENT_FLOOR, LOGITS_ATOL, assert_close_to_max, random_video, tiny_fields
 
 from uniformerv2_jax import UniFormerV2, from_official
 from uniformerv2_jax.kernels import Kernels, choose_kernels

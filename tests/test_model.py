@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import (
+from helpers import (
     GRADIENT_RTOL,
     LOGITS_ATOL,
     TOKENS_ATOL,

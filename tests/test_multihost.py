@@ -8,12 +8,14 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from uniformerv2_jax import evaluate
 from uniformerv2_jax.input import sources
 
-WORKER = ROOT / "tests" / "multihost_worker.py"
+pytestmark = pytest.mark.e2e  # whole programs: main.py commands, worker processes
+
+WORKER = ROOT / "tests" / "support" / "multihost_worker.py"
 
 
 def free_port() -> int:
@@ -38,8 +40,8 @@ def launch(mode, num_processes, records, tmp_path, *extra):
 
 def test_two_processes_take_the_same_steps_as_one(synthetic_records, tmp_path):
     """The reference is this process: one process with the same 8 (simulated) devices."""
-    from conftest import tiny_train_config
-    from multihost_worker import fixed_steps
+    from helpers import tiny_train_config
+    from support.multihost_worker import fixed_steps
 
     one = fixed_steps(tiny_train_config(synthetic_records), 0, 1)
     two = launch("step", 2, synthetic_records, tmp_path)

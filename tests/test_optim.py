@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import ROOT, randomize, tiny_fields
+from helpers import ROOT, randomize, tiny_fields
 
 from uniformerv2_jax import UniFormerV2, create_model
 from uniformerv2_jax.optim import group_tree, make_optimizer, official_param_groups, scale_by_adam

@@ -8,9 +8,11 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import FIXTURES, ROOT
+from helpers import FIXTURES, ROOT
 
 from uniformerv2_jax.input import synthetic
+
+pytestmark = pytest.mark.e2e  # whole programs: main.py commands, worker processes
 
 # The shipped tiny CLIP (data/fixtures/clip_tiny: 64x64 input, patch 16, width 64, 4
 # layers) stands in for ViT-B-16.pt; the rest of the B/16 recipe is configs/folder.py's.

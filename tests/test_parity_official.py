@@ -5,7 +5,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from conftest import LOGITS_ATOL, TOKENS_ATOL
+from helpers import LOGITS_ATOL, TOKENS_ATOL
 
 from uniformerv2_jax import from_official
 

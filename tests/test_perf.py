@@ -7,7 +7,7 @@ import types
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import tiny_train_config
+from helpers import tiny_train_config
 
 from uniformerv2_jax import config as config_lib
 from uniformerv2_jax import experiment, perf, sharding, train

@@ -7,7 +7,7 @@ import av
 import jax
 import numpy as np
 import pytest
-from conftest import ROOT, tiny_fields
+from helpers import ROOT, tiny_fields
 
 from uniformerv2_jax import labels, predict
 from uniformerv2_jax.convert.saved import save_converted
@@ -64,6 +64,7 @@ def test_every_common_container_decodes_to_nearly_the_same_prediction(converted)
         np.testing.assert_allclose(probs[suffix], probs[".mp4"], atol=0.05)
 
 
+@pytest.mark.e2e
 def test_predict_command_prints_the_top_5_class_names(converted):
     model, variables, directory, names, files = converted
     out = subprocess.run(

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from conftest import tiny_fields, tiny_train_config
+from helpers import tiny_fields, tiny_train_config
 
 from uniformerv2_jax import experiment, sharding, train
 from uniformerv2_jax.checkpoint import Checkpoints

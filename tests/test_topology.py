@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 
 from uniformerv2_jax import topology
 
@@ -27,6 +27,7 @@ def test_a_full_size_model_stops_on_the_cpu_backend_unless_allowed():
     topology.check_backend(96, allow_cpu=False)  # the demo's and tests' models
 
 
+@pytest.mark.e2e
 def test_train_refuses_a_full_size_model_on_the_cpu_and_says_why():
     process = subprocess.run(
         [sys.executable, str(ROOT / "main.py"), "train", "--config=configs/kinetics.py:k400/b16_8x224",

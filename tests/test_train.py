@@ -7,7 +7,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from conftest import LOSS_FLOOR, tiny_train_config
+from helpers import LOSS_FLOOR, tiny_train_config
 
 from uniformerv2_jax import config as config_lib
 from uniformerv2_jax import evaluate, experiment, train
@@ -174,7 +174,7 @@ def test_bad_configs_are_rejected_naming_the_field(synthetic_records, overrides,
 
 def test_unknown_and_mistyped_command_line_fields_are_rejected():
     from absl import flags
-    from conftest import ROOT, parse_config_flags
+    from helpers import ROOT, parse_config_flags
 
     config = f"--config={ROOT / 'configs' / 'synthetic.py'}"
     assert parse_config_flags(config, "--config.batch_size=4").batch_size == 4
@@ -186,7 +186,7 @@ def test_unknown_and_mistyped_command_line_fields_are_rejected():
 
 def fixture_config(records, **model):
     """A config whose model is the shipped official fixture's (data/fixtures/tiny_a)."""
-    from conftest import ROOT
+    from helpers import ROOT
 
     fields = json.loads((ROOT / "data" / "fixtures" / "tiny_a.json").read_text())
     fields = {k: v for k, v in fields.items() if k not in ("output_dim", "n_layers", "frames")}
@@ -199,7 +199,7 @@ def fixture_config(records, **model):
 
 def test_training_starts_from_an_official_checkpoint_with_remapped_head_rows(synthetic_records):
     """Into a scanned model: the loop-layout checkpoint is stacked on the way."""
-    from conftest import ROOT
+    from helpers import ROOT
 
     from uniformerv2_jax.convert import from_official
     from uniformerv2_jax.convert.mapping import unstack_layers

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from conftest import ROOT
+from helpers import ROOT
 from safetensors.numpy import load_file
 
 from uniformerv2_jax import from_official

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from conftest import random_video, tiny_fields
+from helpers import random_video, tiny_fields
 
 from uniformerv2_jax import UniFormerV2
 from uniformerv2_jax.optim import make_optimizer

@@ -1,6 +1,6 @@
 """One of the processes of tests/test_multihost.py (not a test itself).
 
-  python tests/multihost_worker.py MODE PORT PROCESS_ID NUM_PROCESSES OUT_JSON RECORDS_JSON \\
+  python tests/support/multihost_worker.py MODE PORT PROCESS_ID NUM_PROCESSES OUT_JSON RECORDS_JSON \\
       [WORKDIR CONFIG_OVERRIDES_JSON]
 
 MODE ``step``: three train steps on fixed global batches, each process feeding its rows.
@@ -49,7 +49,8 @@ def main(argv: list[str]) -> None:
     if num_processes > 1:
         jax.distributed.initialize(f"localhost:{port}", num_processes=num_processes,
                                    process_id=process_id)
-    from conftest import tiny_train_config
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/
+    from helpers import tiny_train_config
 
     from uniformerv2_jax import train
 
