@@ -157,7 +157,7 @@ def test_initial_state_refuses_an_empty_init_from_and_scratch_is_random(syntheti
         train.initial_state(exp)
     config.init_from = "scratch"
     state = train.initial_state(exp)
-    from uniformerv2_jax.convert.pretrained import load_pretrained
+    from uniformerv2_jax.pretrained import load_pretrained
 
     params, batch_stats = load_pretrained("scratch", "", exp.model, state.params, state.batch_stats)
     assert params is state.params and batch_stats is state.batch_stats

@@ -15,16 +15,13 @@ from helpers import LOGITS_ATOL, ROOT
 from safetensors.numpy import save_file
 
 from uniformerv2_jax.convert import from_mmaction2, from_official, read_state_dict, to_mmaction2
-from uniformerv2_jax.convert.mmaction2 import (
-    is_mmaction2,
-    read_literal_assignments,
-    read_mmaction2_config,
-    write_mmaction2,
-)
-from uniformerv2_jax.convert.pretrained import source_variables
+from uniformerv2_jax.convert.mmaction2 import write_mmaction2
+from uniformerv2_jax.convert.mmaction2_keys import is_mmaction2
+from uniformerv2_jax.convert.model_configs import read_literal_assignments, read_mmaction2_config
 from uniformerv2_jax.convert.saved import load_converted
 from uniformerv2_jax.labels import CLASS_LISTS, LABELS_DIR, read_class_names
 from uniformerv2_jax.presets import model_from_official_kwargs, official_kwargs
+from uniformerv2_jax.pretrained import source_variables
 
 COUNTER = "num_batches_tracked"
 

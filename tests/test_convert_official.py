@@ -17,8 +17,9 @@ from uniformerv2_jax import UniFormerV2, from_official, to_official, transfer_he
 from uniformerv2_jax.convert import CheckpointMismatchError, WeightFileError, read_state_dict
 from uniformerv2_jax.convert.io import write_state_dict
 from uniformerv2_jax.convert.mapping import stack_layers
+from uniformerv2_jax.convert.model_configs import read_official_config
 from uniformerv2_jax.convert.saved import load_converted, save_converted
-from uniformerv2_jax.presets import abstract_variables, official_kwargs, read_official_config
+from uniformerv2_jax.presets import abstract_variables, official_kwargs
 
 
 def random_variables(model: UniFormerV2, seed: int = 3) -> dict:

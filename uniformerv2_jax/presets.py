@@ -4,9 +4,8 @@
 :func:`model_from_fields` turn a model into its JSON-serialisable fields and back (the
 converted checkpoints' ``model.json`` and the training config's ``model`` section);
 ``model_from_official_kwargs`` takes the official constructor arguments (names as in
-the official code, e.g. from a checkpoint's JSON); ``read_official_config`` reads them
-from a JSON file, from the official SlowFast YAML (``UNIFORMERV2:`` section,
-``DATA.NUM_FRAMES``, ``MODEL.NUM_CLASSES``) or from an MMAction2 ``.py`` config.
+the official code, e.g. from a checkpoint's JSON; the converters read them from config
+files: :mod:`uniformerv2_jax.convert.model_configs`).
 :func:`dummy_video` and :func:`abstract_variables` are the input and the variable shapes
 that initialisation sees.
 """
@@ -14,9 +13,7 @@ that initialisation sees.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,7 +21,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from uniformerv2_jax import storage
 from uniformerv2_jax.model import UniFormerV2
 
 # The CLIP backbones. Global blocks default to the last four layers (Kinetics setting).
@@ -143,80 +139,6 @@ def official_kwargs(model: UniFormerV2) -> dict[str, Any]:
     out["n_layers"] = len(model.return_list)
     out["mlp_dropout"] = list(model.mlp_dropouts)
     return out
-
-
-def read_official_config(path: str | os.PathLike) -> dict[str, Any]:
-    """Official constructor arguments from a JSON file, an official SlowFast YAML config or
-    an MMAction2 Python config.
-
-    JSON: the arguments at top level or under ``constructor_args``. YAML: the
-    ``UNIFORMERV2`` section, ``DATA.NUM_FRAMES`` and ``MODEL.NUM_CLASSES``. ``.py``: the
-    ``model = dict(...)`` of an MMAction2 config, parsed without running it.
-    """
-    path = os.fspath(path)
-    if not storage.path(path).is_file():
-        raise FileNotFoundError(f"config file not found: {path}")
-    if path.endswith(".py"):
-        # Imported here: the converters build on this module.
-        from uniformerv2_jax.convert.mmaction2 import read_mmaction2_config
-
-        return read_mmaction2_config(path)
-    text = storage.path(path).read_text(encoding="utf-8")
-    if path.endswith(".json"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a JSON object of constructor arguments")
-        return dict(data.get("constructor_args", data))
-    if path.endswith((".yaml", ".yml")):
-        return _from_slowfast_yaml(path, text)
-    raise ValueError(f"{path}: unknown config format; expected .json, .yaml/.yml or an "
-                     "MMAction2 .py")
-
-
-_YAML_KEYS = {
-    "N_LAYERS": "n_layers", "N_DIM": "n_dim", "N_HEAD": "n_head", "MLP_FACTOR": "mlp_factor",
-    "BACKBONE_DROP_PATH_RATE": "backbone_drop_path_rate", "DROP_PATH_RATE": "drop_path_rate",
-    "MLP_DROPOUT": "mlp_dropout", "CLS_DROPOUT": "cls_dropout", "RETURN_LIST": "return_list",
-    "DW_REDUCTION": "dw_reduction", "TEMPORAL_DOWNSAMPLE": "temporal_downsample",
-    "NO_LMHRA": "no_lmhra", "DOUBLE_LMHRA": "double_lmhra", "FROZEN": "frozen",
-}
-# Keys of the UNIFORMERV2 section that concern loading, not the architecture.
-_YAML_LOADING_KEYS = ("PRETRAIN", "DELETE_SPECIAL_HEAD")
-
-
-def _from_slowfast_yaml(path: str, text: str) -> dict[str, Any]:
-    import yaml
-
-    try:
-        cfg = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML ({e})") from None
-    section = (cfg or {}).get("UNIFORMERV2")
-    if not isinstance(section, dict):
-        raise ValueError(f"{path}: no UNIFORMERV2 section; is this an official config?")
-    backbone = section.get("BACKBONE")
-    if backbone not in OFFICIAL_BACKBONES:
-        raise ValueError(f"{path}: UNIFORMERV2.BACKBONE={backbone!r}; expected one of "
-                         f"{sorted(OFFICIAL_BACKBONES)}")
-    kwargs: dict[str, Any] = dict(PRESETS[OFFICIAL_BACKBONES[backbone]])
-    # The official defaults for fields a config may leave out (slowfast/config/defaults.py).
-    kwargs.update(return_list=list(last_layers(kwargs["layers"])), n_dim=kwargs["width"],
-                  n_head=kwargs["heads"], temporal_downsample=True, no_lmhra=False)
-    for key, value in section.items():
-        if key in _YAML_KEYS:
-            kwargs[_YAML_KEYS[key]] = value
-        elif key not in _YAML_LOADING_KEYS and key != "BACKBONE":
-            raise ValueError(f"{path}: unknown key UNIFORMERV2.{key}")
-    frames = (cfg.get("DATA") or {}).get("NUM_FRAMES")
-    classes = (cfg.get("MODEL") or {}).get("NUM_CLASSES")
-    if frames is not None:
-        kwargs["t_size"] = frames
-    if classes is not None:
-        kwargs["num_classes"] = classes
-    return kwargs
 
 
 def log_assumed_heads(width: int) -> int:

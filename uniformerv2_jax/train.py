@@ -73,7 +73,7 @@ def initial_state(exp: Experiment) -> TrainState:
                         out_shardings=exp.state_shardings)(rng)
     if exp.config.init_from == config_lib.SCRATCH:
         return state
-    from uniformerv2_jax.convert.pretrained import load_pretrained
+    from uniformerv2_jax.pretrained import load_pretrained
 
     params, batch_stats = load_pretrained(exp.config.init_from, exp.config.head_map, exp.model,
                                           state.params, state.batch_stats, exp.config.seed)

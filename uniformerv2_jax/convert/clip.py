@@ -24,6 +24,7 @@ import numpy as np
 from uniformerv2_jax import storage
 from uniformerv2_jax.convert.io import read_state_dict
 from uniformerv2_jax.convert.mapping import apply_rules, backbone_shape, official_rules, stack_layers
+from uniformerv2_jax.convert.model_configs import read_official_config
 from uniformerv2_jax.model import UniFormerV2
 from uniformerv2_jax.presets import (
     abstract_variables,
@@ -31,7 +32,6 @@ from uniformerv2_jax.presets import (
     last_layers,
     log_assumed_heads,
     model_from_official_kwargs,
-    read_official_config,
 )
 
 # CLIP parts the video model does not use (documented skips).

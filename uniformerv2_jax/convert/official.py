@@ -22,6 +22,8 @@ from uniformerv2_jax.convert.mapping import (
     stack_layers,
     unstack_layers,
 )
+from uniformerv2_jax.convert.mmaction2_keys import is_mmaction2, mmaction2_to_official
+from uniformerv2_jax.convert.model_configs import read_official_config
 from uniformerv2_jax.labels import LABELS_DIR
 from uniformerv2_jax.model import UniFormerV2
 from uniformerv2_jax.presets import (
@@ -29,7 +31,6 @@ from uniformerv2_jax.presets import (
     last_layers,
     log_assumed_heads,
     model_from_official_kwargs,
-    read_official_config,
 )
 
 PREFIXES = ("module.", "backbone.")
@@ -88,9 +89,6 @@ def from_official(path: str | os.PathLike, config: str | os.PathLike | None = No
     read as :func:`~uniformerv2_jax.convert.mmaction2.from_mmaction2` reads it (a
     400-class head re-indexed into the UniFormerV2 K400 order). Returns ``(model, variables)``.
     """
-    # Imported here: mmaction2 builds on this module.
-    from uniformerv2_jax.convert.mmaction2 import is_mmaction2, mmaction2_to_official
-
     state = read_state_dict(path)
     if is_mmaction2(state):
         logging.info("%s: MMAction2 keys (cls_head.fc_cls, transformer.norm): reading it as an "
