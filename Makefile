@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TPU_STAMP := $(VENV)/.installed-tpu
 # jemalloc, where installed (apt-get install libjemalloc2), for the CPU's train steps: tests
 # and benchmarks run under it; main.py demo/train/eval/features re-run themselves under it.
-# UNIFORMERV2_JEMALLOC=0 turns it off (uniformerv2_jax/cpu.py; README "CPU: jemalloc, ...").
+# UNIFORMERV2_JEMALLOC=0 turns it off (uniformerv2_jax/cpu.py; docs/performance.md).
 WITH_JEMALLOC := $(VENV)/bin/python -m uniformerv2_jax.cpu
 
 .PHONY: demo test bench parity

@@ -387,12 +387,12 @@ def train_command() -> None:
 
 
 def eval_command() -> None:
-    from uniformerv2_jax import evaluate
+    from uniformerv2_jax import evaluate, run_dir
 
     if not FLAGS.workdir:
         raise app.UsageError("eval needs --workdir=DIR (a training run)")
     initialize_distributed()
-    config = FLAGS.config or evaluate.load_workdir_config(FLAGS.workdir)
+    config = FLAGS.config or run_dir.load_config(FLAGS.workdir)
     announce_devices(config.model.width)
     results = evaluate.evaluate_workdir(FLAGS.workdir, config, FLAGS.checkpoint or "best")
     print(f"step {results['step']}: top1 {results['top1']:.4f}  top5 {results['top5']:.4f}  "

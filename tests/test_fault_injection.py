@@ -53,11 +53,11 @@ def losses(workdir):
 def final_params(workdir):
     import jax
 
-    from uniformerv2_jax import evaluate
+    from uniformerv2_jax import run_dir
 
-    config = evaluate.load_workdir_config(workdir)
+    config = run_dir.load_config(workdir)
     config.mesh.data = -1
-    _, state, step = evaluate.restore(workdir, config, "latest")
+    _, state, step = run_dir.restore(workdir, config, "latest")
     return step, [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state.params))]
 
 

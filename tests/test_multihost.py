@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from helpers import ROOT
 
-from uniformerv2_jax import evaluate
+from uniformerv2_jax import evaluate, run_dir
 from uniformerv2_jax.input import sources
 
 pytestmark = pytest.mark.e2e  # whole programs: main.py commands, worker processes
@@ -71,7 +71,7 @@ def test_two_processes_train_checkpoint_resume_and_evaluate_every_video_once(syn
     two = json.loads((workdir / "eval.json").read_text())
     alone = tmp_path / "alone"
     shutil.copytree(workdir, alone)
-    evaluate.evaluate_workdir(alone, evaluate.load_workdir_config(alone), "latest")
+    evaluate.evaluate_workdir(alone, run_dir.load_config(alone), "latest")
     one = json.loads((alone / "eval.json").read_text())
     assert one["step"] == 8 and (one["videos"], one["bad_records"]) == (10, 0)
     assert (one["confusion"], one["top1"], one["top5"]) == (two["confusion"], two["top1"], two["top5"])

@@ -10,7 +10,7 @@ import pytest
 from helpers import LOSS_FLOOR, tiny_train_config
 
 from uniformerv2_jax import config as config_lib
-from uniformerv2_jax import evaluate, experiment, train
+from uniformerv2_jax import evaluate, experiment, run_dir, train
 from uniformerv2_jax.input import pipeline, sources
 from uniformerv2_jax.train_step import cross_entropy
 
@@ -64,7 +64,7 @@ def test_training_reduces_the_loss_and_writes_its_logs(finished_run):
     config, workdir = finished_run
     exp = experiment.build(config, 16)
     before = training_set_loss(config, exp, train.initial_state(exp))
-    after = training_set_loss(config, *evaluate.restore(workdir, config, "latest")[:2])
+    after = training_set_loss(config, *run_dir.restore(workdir, config, "latest")[:2])
     # Lower by more than float32 noise: 10x the official loss floor (data/fixtures).
     assert after < before * (1 - 10 * LOSS_FLOOR), (before, after)
     loss = losses(workdir)
@@ -84,8 +84,8 @@ def test_a_restored_checkpoint_continues_with_identical_losses(finished_run, tmp
     copy = resumable_copy(workdir, tmp_path)
     train.train(config, copy)
     assert losses(copy) == losses(workdir)
-    assert_same_params(evaluate.restore(workdir, config, "latest")[1],
-                       evaluate.restore(copy, config, "latest")[1])
+    assert_same_params(run_dir.restore(workdir, config, "latest")[1],
+                       run_dir.restore(copy, config, "latest")[1])
 
 
 def test_a_non_finite_loss_stops_the_run_and_leaves_the_checkpoints_alone(finished_run, tmp_path):
@@ -109,14 +109,14 @@ def test_skip_policy_counts_non_finite_updates_and_keeps_the_parameters(finished
     train.train(skipping, copy)
     rows = [json.loads(line) for line in (copy / "metrics.jsonl").read_text().splitlines()]
     assert [r["train/skipped_updates"] for r in rows if r["step"] > 4 and "train/loss" in r] == [1.0, 1.0]
-    assert_same_params(evaluate.restore(workdir, config, "4")[1],
-                       evaluate.restore(copy, config, "latest")[1])
+    assert_same_params(run_dir.restore(workdir, config, "4")[1],
+                       run_dir.restore(copy, config, "latest")[1])
 
 
 def test_evaluation_equals_the_view_averaged_softmax_computed_by_hand(finished_run, synthetic_records):
     """10 videos (eval batch 8: one padded batch), 2 clips x 3 crops each."""
     config, workdir = finished_run
-    exp, state, _ = evaluate.restore(workdir, config, "latest")
+    exp, state, _ = run_dir.restore(workdir, config, "latest")
     source = sources.resolve(config.data.val, "data.val")
     results = evaluate.run_eval(exp, state, source, ["brightening", "darkening"])
 

@@ -89,7 +89,7 @@ def run(official, steps: int, clip_norm=20.0):
     """Our jitted train step ``steps`` times on the fixture's batch; every state."""
     model = official["model"]
     tx = make_optimizer(model, optax.constant_schedule(LR), clip_norm=clip_norm)
-    state = create_train_state(model, tx, official["variables"], jax.random.key(0))
+    state = create_train_state(tx, official["variables"], jax.random.key(0))
     step = jax.jit(functools.partial(train_step, model=model, tx=tx))
     states, losses = [], []
     for _ in range(steps):

@@ -2,6 +2,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,13 +10,13 @@ import optax
 from helpers import random_video, tiny_fields
 
 from uniformerv2_jax import UniFormerV2
+from uniformerv2_jax.evaluate import video_probabilities
 from uniformerv2_jax.optim import make_optimizer
 from uniformerv2_jax.train_step import (
     create_train_state,
     cross_entropy,
     topk_correct,
     train_step,
-    video_probabilities,
 )
 
 
@@ -25,7 +26,7 @@ def test_a_few_steps_reduce_the_loss_on_a_fixed_batch():
     batch = {"video": video, "label": jnp.array([0, 1, 2, 3])}
     variables = jax.jit(model.init)(jax.random.key(0), video)
     tx = make_optimizer(model, optax.constant_schedule(3e-3))
-    state = create_train_state(model, tx, variables, jax.random.key(1))
+    state = create_train_state(tx, nn.unbox(variables), jax.random.key(1))
     step = jax.jit(functools.partial(train_step, model=model, tx=tx))
     losses = []
     for _ in range(8):

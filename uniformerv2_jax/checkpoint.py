@@ -135,7 +135,7 @@ class Checkpoints:
     def _read(self, step: int, abstract_state: Any):
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-        check_finite(restored.state, self.directory / str(step))
+        check_finite_state(restored.state, self.directory / str(step))
         return restored
 
     def _quarantine(self, steps: list[int]) -> None:
@@ -162,7 +162,7 @@ class Checkpoints:
             logging.getLogger("absl").removeFilter(self._quiet)
 
 
-def check_finite(state: Any, where: storage.epath.Path) -> None:
+def check_finite_state(state: Any, where: storage.epath.Path) -> None:
     """Rejects a restored state with NaN/Inf in any floating array (a damaged file)."""
     for path, leaf in jax.tree_util.tree_leaves_with_path(state):
         if jax.numpy.issubdtype(leaf.dtype, np.floating) and not bool(jax.numpy.isfinite(leaf).all()):

@@ -1,15 +1,15 @@
 """CPU hosts: jemalloc as the allocator of training processes, native bfloat16 detection.
 
-XLA:CPU allocates the temporary buffer of a jitted step afresh on every call (4.9 GiB for
-the B/16 8x224 batch-2 train step). glibc's malloc serves a block that large with
-``mmap`` and gives it back with ``munmap``, so every step faults all its pages in again:
-1.3 M minor page faults and 3-9 s of system time a step on a 2-core EPYC. jemalloc with
-:data:`JEMALLOC_CONF` keeps freed pages and hands them out again: the faults drop to
-about zero and that step runs 1.4x faster (README, "CPU: jemalloc, and float32 or
-bfloat16"; ``benchmarks/cpu_step.py``). It has to be there from the process's start
-(``LD_PRELOAD``), so the training entry point re-executes itself once with it
-(:func:`reexec_with_jemalloc`), and ``python -m uniformerv2_jax.cpu COMMAND ...`` runs
-any command with it (the Makefile's tests and benchmarks).
+XLA:CPU allocates the temporary buffer of a jitted step afresh on every call (gigabytes
+for a full-size train step). glibc's malloc serves a block that large with ``mmap`` and
+gives it back with ``munmap``, so every step faults all its pages in again, costing
+system time. jemalloc with :data:`JEMALLOC_CONF` keeps freed pages and hands them out
+again, so the faults drop to about zero and the step runs faster (figures in
+docs/performance.md, "CPU: jemalloc, and float32 or bfloat16"; ``benchmarks/cpu_step.py``).
+It has to be there from the process's start (``LD_PRELOAD``), so the training entry point
+re-executes itself once with it (:func:`reexec_with_jemalloc`), and ``python -m
+uniformerv2_jax.cpu COMMAND ...`` runs any command with it (the Makefile's tests and
+benchmarks).
 
 The library is Debian/Ubuntu's ``libjemalloc2`` (``apt-get install libjemalloc2``), or
 ``jemalloc`` on Fedora/RHEL/Arch; :envvar:`UNIFORMERV2_JEMALLOC` = ``0`` turns the

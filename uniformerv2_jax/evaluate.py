@@ -1,6 +1,6 @@
 """Multi-view evaluation of a training state or of a workdir's checkpoint.
 
-The softmax is averaged over each video's views (:func:`train_step.video_probabilities`),
+The softmax is averaged over each video's views (:func:`video_probabilities`),
 and the counts are exact over hosts: each host reads its own share, all hosts run the
 same number of batches (padding with masked examples), and the jitted step sums the
 counts over the global batch. ``evaluate_workdir`` (``main.py eval``) restores a
@@ -10,24 +10,30 @@ checkpoint and writes eval.json and the plots.
 from __future__ import annotations
 
 import functools
-import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import einops
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from uniformerv2_jax import config as config_lib
-from uniformerv2_jax import plots, sharding, storage
-from uniformerv2_jax.checkpoint import Checkpoints
-from uniformerv2_jax.experiment import Experiment, build
+from uniformerv2_jax import run_dir, sharding, storage
+from uniformerv2_jax.experiment import Experiment
 from uniformerv2_jax.input import pipeline, sources
 from uniformerv2_jax.labels import read_class_names
 from uniformerv2_jax.model import UniFormerV2
-from uniformerv2_jax.train_step import TrainState, topk_correct, video_probabilities
+from uniformerv2_jax.train_step import TrainState, topk_correct
+
+
+def video_probabilities(model: UniFormerV2, variables: dict, videos: jax.Array) -> jax.Array:
+    """Softmax averaged over each video's views: (B, V, T, H, W, 3) -> (B, C) float32."""
+    logits = model.apply(variables, einops.rearrange(videos, "b v ... -> (b v) ..."))
+    probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
+    return einops.reduce(probs, "(b v) c -> b c", "mean", v=videos.shape[1])
 
 
 def eval_counts(state: TrainState, batch: dict, model: UniFormerV2) -> dict[str, jax.Array]:
@@ -116,60 +122,13 @@ def run_eval(exp: Experiment, state: TrainState, source, class_names: Sequence[s
     return {**summarize(counts, class_names), "confusion": counts["confusion"]}
 
 
-def read_metrics(workdir: storage.epath.Path) -> list[dict]:
-    """The rows of ``workdir/metrics.jsonl`` (none if it does not exist)."""
-    path = workdir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def write_outputs(workdir: storage.epath.Path, results: dict, class_names: Sequence[str] | None,
-                  history: list[dict]) -> None:
-    """eval.json, the confusion-matrix and learning-curve PNGs (process 0)."""
-    if jax.process_index() != 0:
-        return
-    confusion = results["confusion"]
-    summary = {k: v for k, v in results.items() if k != "confusion"}
-    summary["confusion"] = confusion.tolist()
-    storage.write_atomic(workdir / "eval.json", json.dumps(summary, indent=1))
-    plots.confusion_matrix_png(confusion, class_names, workdir / "confusion_matrix.png")
-    plots.learning_curve_png(history, workdir / "learning_curve.png")
-
-
-def load_workdir_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-    """The config a training run saved in its workdir."""
-    path = storage.path(workdir) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not a training workdir (no config.json)")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def restore(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
-            which: str = "best") -> tuple[Experiment, TrainState, int]:
-    """The experiment and the ``best`` (by validation top-1), ``latest`` or numbered step."""
-    config_lib.validate(config, training=False)
-    exp = build(config)
-    directory = storage.path(workdir) / "checkpoints"
-    checkpoints = Checkpoints(directory, keep=config.keep, asynchronous=False)
-    try:
-        # "best" falls back to the newest when no step has a validation score.
-        step = (checkpoints.best_step() if which == "best" else None if which == "latest"
-                else int(which))
-        restored = checkpoints.restore(exp.abstract_state, step)
-    finally:
-        checkpoints.close()
-    if restored is None:
-        raise FileNotFoundError(f"{directory}: no checkpoint to evaluate")
-    step, state, _ = restored
-    return exp, state, step
-
-
 def evaluate_workdir(workdir: str | os.PathLike, config: ml_collections.ConfigDict,
                      which: str = "best") -> dict[str, Any]:
     """``main.py eval``: evaluates a checkpoint of ``workdir`` on ``config.data.val``."""
     source = sources.resolve(config.data.val, "data.val", config.data.tfds_data_dir)
-    exp, state, step = restore(workdir, config, which)
+    exp, state, step = run_dir.restore(workdir, config, which)
     names = class_names(config)
     results = run_eval(exp, state, source, names)
-    write_outputs(storage.path(workdir), {**results, "step": step}, names,
-                  read_metrics(storage.path(workdir)))
+    run_dir.write_outputs(storage.path(workdir), {**results, "step": step}, names,
+                          run_dir.read_metrics(storage.path(workdir)))
     return {k: v for k, v in results.items() if k != "confusion"} | {"step": step}

@@ -12,7 +12,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -21,7 +20,7 @@ from uniformerv2_jax import presets, sharding
 from uniformerv2_jax.model import UniFormerV2
 from uniformerv2_jax.optim import learning_rate_schedule, make_optimizer
 from uniformerv2_jax.topology import platform_of
-from uniformerv2_jax.train_step import TrainState
+from uniformerv2_jax.train_step import TrainState, create_train_state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,11 +40,7 @@ class Experiment:
 def random_state(model: UniFormerV2, tx: optax.GradientTransformation, rng: jax.Array) -> TrainState:
     """A randomly initialised state whose parameters carry their logical axes (boxed)."""
     params_rng, state_rng = jax.random.split(rng)
-    variables = model.init(params_rng, presets.dummy_video(model))
-    # Raw key data (uint32): checkpoints hold plain arrays.
-    return TrainState(step=jnp.zeros((), jnp.int32), params=variables["params"],
-                      batch_stats=variables.get("batch_stats", {}),
-                      opt_state=tx.init(variables["params"]), rng=jax.random.key_data(state_rng))
+    return create_train_state(tx, model.init(params_rng, presets.dummy_video(model)), state_rng)
 
 
 def build(config: ml_collections.ConfigDict, train_examples: int | None = None,

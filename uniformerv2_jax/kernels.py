@@ -19,10 +19,9 @@ Dtype = Any
 ATTENTION_KERNELS = ("matmul", "xla", "cudnn")  # two batched matmuls (ours); jax.nn.dot_product_attention
 CONV_KERNELS = ("shifted", "grouped")  # fused shifted sums (ours); lax.conv_general_dilated, grouped
 # What "auto" picks, by jax.default_backend() when the model is traced:
-# * cpu: matmul+shifted, measured (benchmarks/kernels.py, README "Parity and speed"): the
-#   batched matmuls are 1.2-1.3x faster than dot_product_attention's XLA form forward +
-#   backward (1-3x forward), and the shifted sums, one fused loop, 8-300x faster than the
-#   grouped convolution, which XLA:CPU runs as a generic convolution.
+# * cpu: matmul+shifted, the fastest forms in benchmarks/kernels.py (figures in
+#   docs/performance.md): XLA:CPU runs the grouped convolution as a generic convolution,
+#   while the shifted sums are one fused loop.
 # * gpu: cudnn+shifted where cuDNN's flash attention applies (16-bit compute, head_dim a
 #   multiple of 8 up to 128, an even number of tokens: JAX's cuDNN path trains only on even
 #   sequence lengths, and a frame's 1 + grid**2 tokens are odd for every even grid, B/16's

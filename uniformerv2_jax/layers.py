@@ -168,8 +168,8 @@ def attention(q: Array, k: Array, v: Array, dtype: Dtype, kernel: str = "matmul"
     """softmax(q k^T / sqrt(head_dim)) v: q (B, Lq, H, D), k and v (B, Lk, H, D) -> (B, Lq, H, D).
 
     ``kernel`` "matmul": two batched matmuls over B*H with float32 logits and softmax; on
-    XLA's CPU backend faster than ``jax.nn.dot_product_attention`` (``benchmarks/kernels.py``)
-    and what its XLA form lowers to elsewhere anyway.
+    XLA's CPU backend faster than ``jax.nn.dot_product_attention`` (``benchmarks/kernels.py``,
+    figures in docs/performance.md) and what its XLA form lowers to elsewhere anyway.
     "xla" and "cudnn": ``jax.nn.dot_product_attention`` with that implementation, on
     q, k, v in ``dtype`` (float32 softmax in both; the result is in ``dtype``).
     """
@@ -250,10 +250,11 @@ class DepthwiseConv3D(nn.Module):
     ``implementation`` "shifted": a sum of shifted, per-channel scaled copies; for the
     small kernels used here ((3, 1, 1) in the local MHRA, (3, 3, 3) in the DPE) XLA fuses
     it into one loop, much faster on CPU than its grouped convolution
-    (``benchmarks/kernels.py``). "grouped": ``lax.conv_general_dilated`` with one group
-    per channel, at full float32 precision. The same numbers either way. It runs in
-    float32 whatever the compute dtype: it is memory-bound, and bfloat16 copies of the
-    shifted windows would only add traffic. Kernel layout ``(kt, kh, kw, C)``.
+    (``benchmarks/kernels.py``, figures in docs/performance.md). "grouped":
+    ``lax.conv_general_dilated`` with one group per channel, at full float32 precision.
+    The same numbers either way. It runs in float32 whatever the compute dtype: it is
+    memory-bound, and bfloat16 copies of the shifted windows would only add traffic. Kernel
+    layout ``(kt, kh, kw, C)``.
     """
 
     kernel_size: Sequence[int]

@@ -6,16 +6,15 @@ Shared by the training loop (``perf/*`` rows of ``metrics.jsonl`` and TensorBoar
 FLOPs are XLA's cost analysis of the compiled train step (:func:`step_flops`). On a
 sharded mesh the compiled executable is the per-device SPMD program, so the count is
 per device: a matmul whose rows (or columns) are split over 8 devices counts 1/8 of the
-single-device figure, and the tiny train step with 8 clips on 8 devices counts what one
-device with 1 clip counts (19.27 vs 19.17 MFLOP: the sharded program adds its
-cross-device reductions). The *lowered* program's ``cost_analysis()``, before
-partitioning, would count the whole global step instead. The count covers everything the
-step executes: forward, backward, optimiser update, and with ``model.remat`` the
-recomputed forward too (+24% on the tiny model), which makes it a hardware-FLOPs
-utilisation in that case. A ``while`` loop's body is counted once whatever its trip
-count, so with ``model.scan`` (each run of identical layers one loop) the count would
-miss all but one layer per run: :func:`step_flops` gives None then, and no TFLOP/s or
-MFU is logged.
+single-device figure, and a step with 8 clips on 8 devices counts about what one device
+with 1 clip counts (the sharded program adds its cross-device reductions; figures in
+docs/performance.md). The *lowered* program's ``cost_analysis()``, before partitioning,
+would count the whole global step instead. The count covers everything the step
+executes: forward, backward, optimiser update, and with ``model.remat`` the recomputed
+forward too, which makes it a hardware-FLOPs utilisation in that case. A ``while`` loop's
+body is counted once whatever its trip count, so with ``model.scan`` (each run of
+identical layers one loop) the count would miss all but one layer per run:
+:func:`step_flops` gives None then, and no TFLOP/s or MFU is logged.
 """
 
 from __future__ import annotations

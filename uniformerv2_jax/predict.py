@@ -16,9 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from uniformerv2_jax import storage
+from uniformerv2_jax.evaluate import video_probabilities
 from uniformerv2_jax.input import pipeline, writer
 from uniformerv2_jax.model import UniFormerV2
-from uniformerv2_jax.train_step import video_probabilities
 
 
 def video_views(path: str | os.PathLike, *, clip_frames: int, crop_size: int, num_clips: int,
@@ -68,14 +68,14 @@ class Checkpoint(NamedTuple):
 def load_checkpoint(directory: str | os.PathLike, which: str = "best") -> Checkpoint:
     """A converted directory (``main.py convert``; 4 clips x 3 crops) or a training workdir
     (its ``which`` checkpoint, the config's views and class list)."""
-    from uniformerv2_jax import evaluate
+    from uniformerv2_jax import run_dir
     from uniformerv2_jax.convert.saved import MODEL_FILE, load_converted
 
     directory = storage.path(directory)
     if (directory / MODEL_FILE).is_file():
         model, variables = load_converted(directory)
         return Checkpoint(model, variables, 4, 3, None)
-    config = evaluate.load_workdir_config(directory)
-    exp, state, _ = evaluate.restore(directory, config, which)
+    config = run_dir.load_config(directory)
+    exp, state, _ = run_dir.restore(directory, config, which)
     d = config.data
     return Checkpoint(exp.model, state.variables, d.num_clips, d.num_crops, d.class_names or None, exp)

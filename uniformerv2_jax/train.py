@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from uniformerv2_jax import config as config_lib
-from uniformerv2_jax import evaluate, executable, perf, sharding, storage
+from uniformerv2_jax import evaluate, executable, perf, run_dir, sharding, storage
 from uniformerv2_jax.checkpoint import Checkpoints
 from uniformerv2_jax.experiment import Experiment, build, random_state
 from uniformerv2_jax.input import pipeline, sources
@@ -155,7 +155,7 @@ class MetricsLog:
         self.path = workdir / "metrics.jsonl"
         self.enabled = jax.process_index() == 0
         # Rows past the restored step were logged by a run that died before saving.
-        self.rows = [r for r in evaluate.read_metrics(workdir) if r["step"] <= resume_step]
+        self.rows = [r for r in run_dir.read_metrics(workdir) if r["step"] <= resume_step]
         if self.enabled:
             self._write_rows()
             import tensorflow as tf
@@ -179,8 +179,8 @@ class MetricsLog:
         storage.write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
 
 
-def check_finite(fetched: list[tuple[int, dict]], config: ml_collections.ConfigDict,
-                 checkpoints: Checkpoints) -> None:
+def check_finite_metrics(fetched: list[tuple[int, dict]], config: ml_collections.ConfigDict,
+                         checkpoints: Checkpoints) -> None:
     """Stops the run at a non-finite step unless ``config.nonfinite`` says skip."""
     bad = [s for s, m in fetched if m["finite"] < 1]
     if bad and config.nonfinite == "stop":
@@ -308,7 +308,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
             # LOG: every log_every steps, and before anything that pauses training.
             if saving or due(step, config.log_every):
                 fetched, seconds_per_step, input_wait = meter.fetch(step)
-                check_finite(fetched, config, checkpoints)
+                check_finite_metrics(fetched, config, checkpoints)
                 speed = perf.speed_values(seconds_per_step, config.batch_size, flops, peak,
                                           input_wait)
                 values = train_log_values(exp, step, fetched, skipped, speed)
@@ -348,7 +348,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         stop.restore()
         checkpoints.close()
     if results:
-        evaluate.write_outputs(workdir, results, class_names, history.rows)
+        run_dir.write_outputs(workdir, results, class_names, history.rows)
     if jax.process_index() == 0:
         print(f"trained {step - start_step} steps in {format_seconds(time.perf_counter() - t0)}")
     return {k: v for k, v in results.items() if k != "confusion"}

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import einops
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -36,14 +34,14 @@ class TrainState:
         return {"params": self.params, "batch_stats": self.batch_stats}
 
 
-def create_train_state(model: UniFormerV2, tx: optax.GradientTransformation, variables: dict,
-                       rng: jax.Array) -> TrainState:
-    """A state from model variables (converted weights or ``model.init``)."""
-    variables = nn.unbox(variables)
+def create_train_state(tx: optax.GradientTransformation, variables: dict, rng: jax.Array) -> TrainState:
+    """The state at step 0 of model ``variables`` (``model.init``'s, boxed with their logical
+    axes or not, or converted weights). The key is kept as raw key data (uint32): checkpoints
+    hold plain arrays."""
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
-                      rng=rng)
+                      rng=jax.random.key_data(rng))
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -92,10 +90,3 @@ def train_step(state: TrainState, batch: dict, model: UniFormerV2,
         "finite": finite.astype(jnp.float32),
     }
     return new_state, metrics
-
-
-def video_probabilities(model: UniFormerV2, variables: dict, videos: jax.Array) -> jax.Array:
-    """Softmax averaged over each video's views: (B, V, T, H, W, 3) -> (B, C) float32."""
-    logits = model.apply(variables, einops.rearrange(videos, "b v ... -> (b v) ..."))
-    probs = jax.nn.softmax(logits.astype(jnp.float32), -1)
-    return einops.reduce(probs, "(b v) c -> b c", "mean", v=videos.shape[1])

@@ -221,11 +221,8 @@ def _affine(clip: tf.Tensor, matrix, along: str = "xy") -> tf.Tensor:
         tap_rows = [[index(y0 + i, x0)] for i in (-1, 0, 1, 2)]
 
     # Frame by frame (an XLA loop), each frame planar (3, H W): XLA:CPU gathers element by
-    # element and then runs the arithmetic along the pixels of a plane. 8x224 and 16x224
-    # clips: rotation 2.4-2.6x, shear 1.2x, translate along x 1.25-1.6x faster than
-    # gathering the pixels of every frame at once (bytes or int32 words of 4 channels);
-    # unrolled over frames, XLA fuses the whole clip into one loop over its output and
-    # rotation is 2x slower again.
+    # element and then runs the arithmetic along the pixels of a plane, which is faster than
+    # gathering every frame at once or unrolling over frames (figures in docs/performance.md).
     def frame_affine(frame):
         planes = tf.reshape(tf.transpose(frame, [2, 0, 1]), [3, h * w])
 
@@ -242,7 +239,7 @@ def _affine(clip: tf.Tensor, matrix, along: str = "xy") -> tf.Tensor:
 
 def _translate_rows(clip: tf.Tensor, pixels: tf.Tensor) -> tf.Tensor:
     """``_affine(clip, [1, 0, 0, 0, 1, pixels], along="y")`` by whole rows: every output row
-    reads the same input rows, so each tap is one gather of rows (7x faster)."""
+    reads the same input rows, so each tap is one gather of rows (faster than per pixel)."""
     h = tf.shape(clip)[1]
     # PIL's 0 * x + 1 * y + pixels, exactly; x is read at its own centre, always inside.
     inside, y0, dy = _taps(tf.range(h, dtype=tf.float64) + 0.5 + tf.cast(pixels, tf.float64), h)
