@@ -41,14 +41,14 @@
       reloads it as an orbax checkpoint, runs the forward pass and prints the logits next
       to the official PyTorch model's.
 
-  python main.py convert --from=official --src=k400_b16.pyth --out=ckpt/k400_b16
+  python main.py convert --from=official --src=k400_b16.pyth --out=trained/k400_b16
       [--model_config=config.yaml|.json|.py] [--model_arg=t_size=16 ...] [--head_map=k400]
       (--from=official also recognises MMAction2 checkpoints by their keys)
-  python main.py convert --from=clip --src=ViT-B-16.pt --out=ckpt/clip_b16
+  python main.py convert --from=clip --src=ViT-B-16.pt --out=trained/clip_b16
       [--model_arg=no_lmhra=false --model_arg=temporal_downsample=true ...]
-  python main.py convert --from=mmaction2 --src=mmaction2_k400.pth --out=ckpt/k400_b16
+  python main.py convert --from=mmaction2 --src=mmaction2_k400.pth --out=trained/k400_b16
       [--model_config=mmaction2_config.py] [--keep_head_order]
-  python main.py convert --from=converted --src=ckpt/k400_b16 --out=k400_b16.safetensors
+  python main.py convert --from=converted --src=trained/k400_b16 --out=k400_b16.safetensors
       [--layout=official|mmaction2]
       Writes an orbax checkpoint (a directory) that training starts from, or, when --out
       ends in .safetensors/.pth, the official state dict (``backbone.`` keys) or, with
@@ -406,13 +406,13 @@ def predict_command() -> None:
 
     if not FLAGS.checkpoint or not FLAGS.video:
         raise app.UsageError("predict needs --checkpoint=DIR and --video=FILE")
-    ckpt = predict.load_checkpoint(FLAGS.checkpoint)
-    model = ckpt.model
-    names = labels.class_names_for(model.num_classes, FLAGS.class_names or ckpt.class_names)
+    trained = predict.load_trained(FLAGS.checkpoint)
+    model = trained.model
+    names = labels.class_names_for(model.num_classes, FLAGS.class_names or trained.class_names)
     views = predict.video_views(FLAGS.video, clip_frames=model.t_size, crop_size=model.input_resolution,
-                                num_clips=FLAGS.num_clips or ckpt.num_clips,
-                                num_crops=FLAGS.num_crops or ckpt.num_crops, fps=FLAGS.video_fps)
-    probs = predict.predict(model, ckpt.variables, views)
+                                num_clips=FLAGS.num_clips or trained.num_clips,
+                                num_crops=FLAGS.num_crops or trained.num_crops, fps=FLAGS.video_fps)
+    probs = predict.predict(model, trained.variables, views)
     print(predict.format_top_k(FLAGS.video, predict.top_k(probs, names, FLAGS.top_k)))
 
 
@@ -426,15 +426,15 @@ def features_command() -> None:
                              "or --records=GLOB")
     window, stride = FLAGS.window_seconds, FLAGS.stride_seconds
     initialize_distributed()
-    ckpt = predict.load_checkpoint(FLAGS.checkpoint)
-    m = ckpt.model
+    trained = predict.load_trained(FLAGS.checkpoint)
+    m = trained.model
     announce_devices(m.width)
-    views = (1, 1) if window else (ckpt.num_clips, ckpt.num_crops)  # windows: one centre view
+    views = (1, 1) if window else (trained.num_clips, trained.num_crops)  # windows: one centre view
     sampling = Sampling(m.t_size, m.input_resolution, FLAGS.num_clips or views[0],
                         FLAGS.num_crops or views[1], window, stride or window, FLAGS.video_fps)
     settings = Settings(FLAGS.checkpoint, FLAGS.videos, FLAGS.records, tuple(FLAGS.feature.split(",")),
                         sampling, FLAGS.keep_views, FLAGS.chunk_size, FLAGS.classes)
-    report = extract(ckpt, settings, FLAGS.out, FLAGS.batch_size, progress=sys.stderr.isatty())
+    report = extract(trained, settings, FLAGS.out, FLAGS.batch_size, progress=sys.stderr.isatty())
     if "written" in report:  # process 0
         print(f"{report['videos']} videos ({report['chunks_kept']} of {report['chunks']} chunks kept "
               f"from an earlier run): {report['written']} written, {report['failed']} failed "

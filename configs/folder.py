@@ -31,8 +31,8 @@ from pathlib import Path
 import ml_collections
 
 from uniformerv2_jax import labels, storage
-from uniformerv2_jax.config import Row, experiment
 from uniformerv2_jax.input import sources
+from uniformerv2_jax.zoo import Row, experiment
 
 
 def kinetics_row(name: str) -> Row:

@@ -6,7 +6,7 @@ K710 merges the K400/600/700 training sets (710 classes, K400's first, in the of
 order). Its checkpoints start the k710 rows of configs/kinetics.py.
 """
 
-from uniformerv2_jax.config import Row, experiment
+from uniformerv2_jax.zoo import Row, experiment
 
 ROWS = {
     # name:                   backbone   frames init batch lr    ep  warm views

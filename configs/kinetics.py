@@ -10,7 +10,7 @@ names the row's starting point); --config.init_from=scratch is random initialisa
 Batch is global (clips per step); views are test clips x crops.
 """
 
-from uniformerv2_jax.config import Row, experiment
+from uniformerv2_jax.zoo import Row, experiment
 
 ROWS = {
     # name:                        backbone   frames init                   batch  lr      ep warm views   reported top-1

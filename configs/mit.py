@@ -4,7 +4,7 @@
       --config.init_from=converted:ckpt/k400_k710_b16 ...
 """
 
-from uniformerv2_jax.config import Row, experiment
+from uniformerv2_jax.zoo import Row, experiment
 
 ROWS = {
     # name:            backbone   frames init                         batch lr    ep warm views   top-1

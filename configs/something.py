@@ -8,7 +8,7 @@ augmentation), so batch 256 is 128 videos x 2; 16 input frames run as 8 through 
 transformer (temporal stride 2). Test: 1 clip x 3 crops.
 """
 
-from uniformerv2_jax.config import Row, experiment
+from uniformerv2_jax.zoo import Row, experiment
 
 ROWS = {
     # name:             backbone  frames init  batch lr    ep warm views   reported top-1

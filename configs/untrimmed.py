@@ -6,7 +6,7 @@
 Test: 10 clips x 3 crops over the whole (untrimmed) video.
 """
 
-from uniformerv2_jax.config import Row, experiment
+from uniformerv2_jax.zoo import Row, experiment
 
 ROWS = {
     # name:             backbone frames init                        batch lr    ep warm views    reported top-1

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 from helpers import ROOT
 
-from uniformerv2_jax import aot, experiment, train
+from uniformerv2_jax import aot, experiment, train, zoo
 from uniformerv2_jax import config as config_lib
 from uniformerv2_jax.input import sources
 
@@ -112,7 +112,7 @@ def test_every_row_starts_from_clip_or_a_row_of_the_zoo_with_a_released_checkpoi
             source = load(ROOT / "configs" / file)
             assert arg.split("/")[-1] in source.ROWS, (path.name, name)
             assert source.ROWS[arg.split("/")[-1]].variant == row.variant, (path.name, name)
-            assert config_lib.official_file(row.init) in RELEASED, (path.name, name)
+            assert zoo.official_file(row.init) in RELEASED, (path.name, name)
 
 
 @pytest.mark.parametrize("file, arg, expected", [

@@ -175,7 +175,7 @@ def workdir(synthetic_records, tmp_path_factory):
 
 def test_a_training_workdir_exports_its_best_checkpoint_and_class_list(workdir, tmp_path):
     directory, state = workdir
-    loaded = predict.load_checkpoint(directory)
+    loaded = predict.load_trained(directory)
     out = export.export(directory, tmp_path / "out", formats="jax")
     assert sorted(p.name for p in out.iterdir()) == ["COMPLETE", "export.json", "labels.txt",
                                                      "model.jax_export"]

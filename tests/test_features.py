@@ -128,12 +128,12 @@ def test_sliding_windows_of_a_video_folder_resume_to_the_same_files(converted, v
     assert tree_bytes(out) == before
     assert (out / long["file"]).stat().st_mtime_ns == written  # finished chunks are not redone
     with pytest.raises(ValueError, match="other settings"):
-        extract(predict.load_checkpoint(directory),
+        extract(predict.load_trained(directory),
                 Settings(str(directory), str(videos), None, ("logits",), Sampling(4, 32)), out)
     with pytest.raises(ValueError, match="--stride_seconds"):
         Settings(str(directory), str(videos), None, ("logits",), Sampling(4, 32, stride_seconds=1))
     with pytest.raises(ValueError, match="--feature='layer_0/query'"):
-        extract(predict.load_checkpoint(directory),
+        extract(predict.load_trained(directory),
                 Settings(str(directory), str(videos), None, ("layer_0/query",), Sampling(4, 32)), out)
 
 
@@ -147,7 +147,7 @@ def test_records_keep_views_and_several_features(converted, tmp_path):
         shard.write(records.encode_clip([jpeg] * 6, [], "", "unlabelled.mp4", 0, 2_000_000))
     settings = Settings(str(directory), None, pattern, ("head_input", "logits"),
                         Sampling(4, 32, num_clips=2, num_crops=1), keep_views=True, chunk_size=4)
-    report = extract(predict.load_checkpoint(directory), settings, str(tmp_path / "out"))
+    report = extract(predict.load_trained(directory), settings, str(tmp_path / "out"))
     assert (report["videos"], report["written"], report["failed"]) == (6, 5, 1)
     index = [json.loads(line) for line in (tmp_path / "out" / "index.jsonl").read_text().splitlines()]
     failures = json.loads((tmp_path / "out" / "failures.json").read_text())

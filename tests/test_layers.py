@@ -9,7 +9,7 @@ import pytest
 from helpers import GRADIENT_FLOOR, LOGITS_ATOL, assert_close_to_max, random_video, tiny_fields
 
 from uniformerv2_jax import UniFormerV2, from_official
-from uniformerv2_jax.kernels import Kernels, choose_kernels
+from uniformerv2_jax.kernel_choice import Kernels, choose_kernels
 from uniformerv2_jax.layers import DepthwiseConv3D, attention
 
 # Every value that runs on XLA:CPU.

@@ -174,7 +174,7 @@ def export(checkpoint: str | os.PathLike, out: str | os.PathLike, *, dtype: str 
     platforms = parse_list(platforms, PLATFORMS, "--platforms")
     if dtype not in DTYPES:
         raise ValueError(f"--dtype={dtype!r}: choose from {', '.join(DTYPES)}")
-    loaded = predict.load_checkpoint(checkpoint)
+    loaded = predict.load_trained(checkpoint)
     model = loaded.model
     names = labels.class_names_for(model.num_classes, class_names or loaded.class_names)
     variables = jax.tree.map(np.asarray, jax.device_get(nn.unbox(loaded.variables)))

@@ -30,7 +30,7 @@ from uniformerv2_jax.model import UniFormerV2, per_layer_intermediates
 
 if TYPE_CHECKING:  # the API needs no TensorFlow: the input pipeline is imported by extract
     from uniformerv2_jax.input.windows import Job, Sampling
-    from uniformerv2_jax.predict import Checkpoint
+    from uniformerv2_jax.predict import TrainedModel
 
 LAYER_FEATURE = re.compile(r"layer_(\d+)/(cls|query|patches)")
 
@@ -226,19 +226,19 @@ def _lockstep(items: Iterator) -> Iterator:
         yield item
 
 
-def _step(ckpt: Checkpoint, names: tuple[str, ...]):
+def _step(trained: TrainedModel, names: tuple[str, ...]):
     """The jitted step over the checkpoint's mesh (a training run's) or a data-parallel one
     over all devices, and the variables placed on it."""
-    exp = ckpt.experiment
+    exp = trained.experiment
     if exp is not None:  # its layout and rules: the model's sharding constraints apply
-        mesh, variables = exp.mesh, ckpt.variables
+        mesh, variables = exp.mesh, trained.variables
         context = functools.partial(sharding.activate, mesh, exp.rules)
     else:  # no rules: the constraints are no-ops, the batch's sharding propagates
         mesh, context = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1}), contextlib.nullcontext
         replicated = sharding.replicated(mesh)
         variables = jax.tree.map(lambda x: jax.make_array_from_callback(
-            np.shape(x), replicated, lambda index: np.asarray(x)[index]), ckpt.variables)
-    fn = jax.jit(functools.partial(clip_features, model=ckpt.model, names=names),
+            np.shape(x), replicated, lambda index: np.asarray(x)[index]), trained.variables)
+    fn = jax.jit(functools.partial(clip_features, model=trained.model, names=names),
                  out_shardings=sharding.batch_sharding(mesh))
 
     def step(video: np.ndarray) -> dict[str, np.ndarray]:
@@ -253,7 +253,7 @@ def _step(ckpt: Checkpoint, names: tuple[str, ...]):
     return mesh, step
 
 
-def extract(ckpt: Checkpoint, settings: Settings, out: str, batch_size: int | None = None,
+def extract(trained: TrainedModel, settings: Settings, out: str, batch_size: int | None = None,
             progress: bool = False) -> dict:
     """Features of every video of ``settings.videos`` or ``settings.records`` into ``out``.
 
@@ -269,7 +269,7 @@ def extract(ckpt: Checkpoint, settings: Settings, out: str, batch_size: int | No
 
     out = storage.path(out)
     names = tuple(settings.feature)
-    feature_layers(ckpt.model, names)  # names checked before anything is read
+    feature_layers(trained.model, names)  # names checked before anything is read
     jobs = (windows.file_jobs(settings.videos) if settings.videos
             else windows.record_jobs(settings.records))
     _check_output(out, _meta(settings, jobs))
@@ -279,7 +279,7 @@ def extract(ckpt: Checkpoint, settings: Settings, out: str, batch_size: int | No
     done = [storage.retry(p.exists, f"reading {p}") for p in parts]
     todo = [k for k in range(jax.process_index(), len(chunks), jax.process_count()) if not done[k]]
 
-    mesh, step = _step(ckpt, names)
+    mesh, step = _step(trained, names)
     batch_size = batch_size or 8 * jax.device_count()
     local_batch = sharding.local_batch_size(batch_size, mesh, "--batch_size")
     bar = tqdm(total=sum(len(chunks[k]) for k in todo), unit="video", desc="features",

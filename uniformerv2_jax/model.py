@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uniformerv2_jax.kernels import Kernels, choose_kernels, parse_kernels
+from uniformerv2_jax.kernel_choice import Kernels, choose_kernels, parse_kernels
 from uniformerv2_jax.layers import (
     MLP,
     Attention,
@@ -81,7 +81,7 @@ class LocalUniBlock(nn.Module):
     double_lmhra: bool
     dw_reduction: float
     dtype: Dtype = jnp.float32
-    kernels: Kernels = Kernels()  # the attention and depthwise-conv forms (kernels.choose_kernels)
+    kernels: Kernels = Kernels()  # the attention and depthwise-conv forms (kernel_choice.choose_kernels)
 
     def local(self, x: Array, name: str, rate, train: bool) -> Array:
         reduced = int(x.shape[-1] // self.dw_reduction)
@@ -302,7 +302,7 @@ class UniFormerV2(nn.Module):
     dtype: Any = jnp.float32  # compute dtype; parameters and accumulation stay float32
     scan: bool = False  # nn.scan over runs of identical layers: compile time O(1) in depth
     remat: bool = False  # rematerialise each layer in the backward pass
-    kernels: str = "auto"  # attention and depthwise-conv forms: see kernels.choose_kernels
+    kernels: str = "auto"  # attention and depthwise-conv forms: see kernel_choice.choose_kernels
     # The backend compiled for ("cpu", "gpu", "tpu"): "auto" kernels and remat's form follow
     # it. None: jax.default_backend() when traced. experiment.build sets the mesh's, which
     # differs from the default when compiling for described devices; never stored.

@@ -55,7 +55,7 @@ def format_top_k(video: str, ranked: list[tuple[str, float]]) -> str:
     return "\n".join(lines)
 
 
-class Checkpoint(NamedTuple):
+class TrainedModel(NamedTuple):
     """A model ready for inference, with the test views and class list it was trained with."""
     model: UniFormerV2
     variables: dict
@@ -65,7 +65,7 @@ class Checkpoint(NamedTuple):
     experiment: Any = None  # a training workdir's Experiment (mesh, shardings), else None
 
 
-def load_checkpoint(directory: str | os.PathLike, which: str = "best") -> Checkpoint:
+def load_trained(directory: str | os.PathLike, which: str = "best") -> TrainedModel:
     """A converted directory (``main.py convert``; 4 clips x 3 crops) or a training workdir
     (its ``which`` checkpoint, the config's views and class list)."""
     from uniformerv2_jax import run_dir
@@ -74,8 +74,8 @@ def load_checkpoint(directory: str | os.PathLike, which: str = "best") -> Checkp
     directory = storage.path(directory)
     if (directory / MODEL_FILE).is_file():
         model, variables = load_converted(directory)
-        return Checkpoint(model, variables, 4, 3, None)
+        return TrainedModel(model, variables, 4, 3, None)
     config = run_dir.load_config(directory)
     exp, state, _ = run_dir.restore(directory, config, which)
     d = config.data
-    return Checkpoint(exp.model, state.variables, d.num_clips, d.num_crops, d.class_names or None, exp)
+    return TrainedModel(exp.model, state.variables, d.num_clips, d.num_crops, d.class_names or None, exp)

@@ -26,6 +26,22 @@ from uniformerv2_jax.topology import slice_index
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
+# Logical axis -> mesh axes. Parameters: ``embed`` is sharded over ``fsdp`` (FSDP), the
+# heads and MLP hidden units over ``tensor``. Activations: the batch over ``data`` and
+# ``fsdp``; frames, tokens and the per-head size stay whole.
+AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("kv", None),
+    ("reduced", None),  # local MHRA channels (width / 1.5: often not divisible)
+    ("classes", None),
+    ("frames", None),
+    ("tokens", None),
+    ("layers", None),
+)
+
 
 def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
     """Axis sizes with the one -1 resolved to "the rest"; checks that they fit the devices."""
