@@ -418,7 +418,7 @@ def predict_command() -> None:
 
 def features_command() -> None:
     from uniformerv2_jax import predict
-    from uniformerv2_jax.features import Settings, extract  # (the package exports the function)
+    from uniformerv2_jax.feature_job import Settings, extract
     from uniformerv2_jax.input.windows import Sampling
 
     if not FLAGS.checkpoint or not FLAGS.out or bool(FLAGS.videos) == bool(FLAGS.records):

@@ -23,7 +23,8 @@ from safetensors.numpy import load_file
 
 from uniformerv2_jax import predict
 from uniformerv2_jax.convert.saved import save_converted
-from uniformerv2_jax.features import Settings, extract, features
+from uniformerv2_jax.feature_job import Settings, extract
+from uniformerv2_jax.features import features
 from uniformerv2_jax.input import pipeline, records, synthetic, transforms, writer
 from uniformerv2_jax.input.windows import Sampling
 from uniformerv2_jax.model import UniFormerV2, layer_layout
