@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from uniformerv2_jax.input import pipeline, records, sampling, sources
+from uniformerv2_jax.input import frame_headers, pipeline, records, sampling, sources
 
 
 def write_videos(directory, num_files, videos_per_file, num_frames=20, size=(36, 48)):
@@ -345,8 +345,8 @@ def test_decoding_only_the_crop_window_gives_the_pixels_of_decoding_all(h, w):
     frame = np.clip(blocks + rng.integers(-30, 30, (h, w, 3)), 0, 255).astype(np.uint8)
     frames = tf.constant(encoded_frames(frame))
     indices = tf.range(tf.size(frames))
-    size = pipeline.frame_size(frames[0])
-    assert size.numpy().tolist() == [h, w] and pipeline.frame_size(frames[-1]).numpy().tolist() == [h, w]
+    size = frame_headers.frame_size(frames[0])
+    assert size.numpy().tolist() == [h, w] and frame_headers.frame_size(frames[-1]).numpy().tolist() == [h, w]
     whole = pipeline.decode_frames(frames, indices).numpy()
     windows = [[0, 0, h, w], [0, w - 9, h, 9], [h - 5, 0, 5, w]]  # the frame's edges
     windows += [[int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8)), 0, 0] for _ in range(30)]

@@ -16,7 +16,7 @@ A record is bad for the first of these reasons that applies (one reason per reco
   an order that changes from run to run; the names are what training goes by.
 - ``undecodable_frame``: frame ``frame`` is not a whole JPEG (FFD8 ... FFD9) or PNG, or
   ``tf.io.decode_image`` fails on it (truncated data, an undefined Huffman table, ...).
-- ``frame_too_large``: frame ``frame`` declares a side over ``pipeline.MAX_FRAME_SIDE``
+- ``frame_too_large``: frame ``frame`` declares a side over ``frame_headers.MAX_FRAME_SIDE``
   (the input pipeline skips such records; the frame is not decoded).
 
 The input pipeline skips records of the same kinds (an undecodable frame only when it
@@ -33,14 +33,12 @@ from concurrent.futures import ThreadPoolExecutor
 import tensorflow as tf
 
 from uniformerv2_jax import storage
-from uniformerv2_jax.input import records
-from uniformerv2_jax.input.pipeline import MAX_FRAME_SIDE
+from uniformerv2_jax.input import frame_headers, records
 from uniformerv2_jax.input.sources import REMOTE_READ_BUFFER
 
 REASONS = ("framing", "unparsable", "no_frames", "missing_label", "label_out_of_range",
            "label_mismatch", "undecodable_frame", "frame_too_large")
 MAX_EXAMPLES = 10  # bad records listed per shard
-_JPEG, _JPEG_END, _PNG = b"\xff\xd8", b"\xff\xd9", b"\x89PNG\r\n\x1a\n"
 _parse = tf.function(records.parse_clip, input_signature=[tf.TensorSpec((), tf.string)])
 
 
@@ -53,16 +51,15 @@ def _message(error: tf.errors.OpError) -> str:
 
 def check_frame(frame: bytes) -> tuple[str | None, str, tuple[int, int] | None]:
     """``(reason, detail, (height, width))`` of one encoded frame; reason None when good."""
-    if frame.startswith(_JPEG) and frame.endswith(_JPEG_END):
-        try:
-            side = int(max(tf.io.extract_jpeg_shape(frame).numpy()[:2]))
-        except tf.errors.OpError as e:
-            return "undecodable_frame", _message(e), None
-    elif frame.startswith(_PNG) and len(frame) >= 24:  # IHDR: width, height big-endian
-        side = max(int.from_bytes(frame[16:20], "big"), int.from_bytes(frame[20:24], "big"))
-    else:
+    frames = tf.constant([frame])
+    jpeg, png = (bool(kind[0]) for kind in frame_headers.kinds(frames))
+    if not (jpeg or (png and len(frame) >= 24)):  # a PNG's IHDR ends at byte 24
         return "undecodable_frame", f"not a whole JPEG or PNG (starts {frame[:4].hex()})", None
-    if side > MAX_FRAME_SIDE:
+    try:
+        side = int(frame_headers.declared_side(frames, tf.constant([jpeg]))[0])
+    except tf.errors.OpError as e:
+        return "undecodable_frame", _message(e), None
+    if side > frame_headers.MAX_FRAME_SIDE:
         return "frame_too_large", f"declares a side of {side} pixels", None
     try:
         shape = tf.io.decode_image(frame, channels=3, expand_animations=False).shape

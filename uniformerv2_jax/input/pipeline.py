@@ -16,48 +16,23 @@ from collections.abc import Callable, Sequence
 
 import tensorflow as tf
 
-from uniformerv2_jax.input import mixing, randaugment, records, sampling, sources, transforms
+from uniformerv2_jax.input import (
+    frame_headers,
+    mixing,
+    randaugment,
+    records,
+    sampling,
+    sources,
+    transforms,
+)
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-MAX_FRAME_SIDE = 8192  # pixels; larger declared frames are treated as bad records
 # Columns decoded beyond each side of a crop window, cut after: libjpeg upsamples chroma at
 # the edges of the decoded columns as at the frame's edges, which changes the pixels within
 # one chroma sample (at most 4 pixels) of them.
 JPEG_MARGIN = 16
-
-
-def _png_sizes(frames: tf.Tensor) -> tf.Tensor:
-    """(N, 2) int64 (height, width) from each frame's PNG IHDR (garbage for other frames)."""
-    fields = tf.cast(tf.io.decode_raw(tf.strings.substr(frames, 16, 8), tf.uint8), tf.int64)
-    fields = tf.reshape(fields, [-1, 2, 4]) * tf.constant([2**24, 2**16, 2**8, 1], tf.int64)
-    return tf.reverse(tf.reduce_sum(fields, axis=-1), axis=[1])
-
-
-@functools.cache
-def _blank_jpeg() -> bytes:
-    with tf.init_scope():  # eagerly, also while a tf.data function is traced
-        return tf.io.encode_jpeg(tf.zeros([1, 1, 3], tf.uint8)).numpy()
-
-
-def _is_jpeg(image: tf.Tensor) -> tf.Tensor:
-    """Whether each frame starts with a JPEG start-of-image marker."""
-    return tf.strings.substr(image, 0, 2) == b"\xff\xd8"
-
-
-def declared_side(frames: tf.Tensor, jpeg: tf.Tensor) -> tf.Tensor:
-    """(N,) the larger side each frame's header declares (JPEG SOF or PNG IHDR)."""
-    # JPEG headers are read 16 to a loop step (the loop, not the reading, is what costs);
-    # frames that are not JPEGs are read as a 1x1 JPEG, their sides taken from the IHDR.
-    n = tf.size(frames)
-    blank = tf.constant(_blank_jpeg())
-    padded = tf.concat([tf.where(jpeg, frames, blank), tf.fill([-n % 16], blank)], 0)
-    jpeg_sides = tf.map_fn(lambda row: tf.stack([tf.io.extract_jpeg_shape(row[i], tf.int64)[:2]
-                                                 for i in range(16)]),
-                           tf.reshape(padded, [-1, 16]), fn_output_signature=tf.int64)
-    sides = tf.where(jpeg[:, None], tf.reshape(jpeg_sides, [-1, 2])[:n], _png_sizes(frames))
-    return tf.reduce_max(sides, axis=1)
 
 
 def checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: str,
@@ -71,7 +46,7 @@ def checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: s
     name not in the list makes ``clip["name_error"]`` say so (with the shard and the
     video), for :func:`stop_at_unknown_names` to raise after the last ``ignore_errors``.
     A clip is bad when it has no frames, a frame that is not a whole JPEG or PNG or that
-    declares a side over ``MAX_FRAME_SIDE``, no label (unless not ``require_label``), or a
+    declares a side over ``frame_headers.MAX_FRAME_SIDE``, no label (unless not ``require_label``), or a
     label outside [0, num_classes).
     ``on_bad_record="skip"`` lets the caller drop and count them (records that do not
     parse at all are dropped here and counted by the caller from what never arrives; a
@@ -87,14 +62,12 @@ def checked_clips(ds: tf.data.Dataset, num_classes: int | None, on_bad_record: s
         if table is not None and "label_text" in clip:  # TFDS sources have no label names
             clip, unknown_name = _label_by_name(table, len(label_names), shard, clip)
         frames = clip["frames"]
-        # Every frame a whole JPEG (start and end markers) or a PNG: catches truncated and
-        # foreign frames before the decoder sees them.
-        jpeg = _is_jpeg(frames) & (tf.strings.substr(frames, -2, 2) == b"\xff\xd9")
-        png = tf.strings.substr(frames, 0, 8) == b"\x89PNG\r\n\x1a\n"
+        # Every frame a whole JPEG or a PNG, and no declared side too large: checked on
+        # the headers before the decoder sees any frame.
+        jpeg, png = frame_headers.kinds(frames)
         whole = (tf.size(frames) > 0) & tf.reduce_all(jpeg | png)
-        # Headers are read before any pixel: a frame declaring a huge size (a hostile or
-        # broken file) would make the decoder allocate it.
-        sane = tf.cond(whole, lambda: tf.reduce_all(declared_side(frames, jpeg) <= MAX_FRAME_SIDE),
+        sane = tf.cond(whole, lambda: tf.reduce_all(
+            frame_headers.declared_side(frames, jpeg) <= frame_headers.MAX_FRAME_SIDE),
                        lambda: tf.constant(False))
         valid = whole & sane & ((clip["label"] >= 0) | (not require_label))
         if num_classes is not None:
@@ -156,12 +129,6 @@ def decode_frames(images: tf.Tensor, indices: tf.Tensor) -> tf.Tensor:
     return tf.map_fn(decode, tf.gather(images, indices), fn_output_signature=tf.uint8)
 
 
-def frame_size(image: tf.Tensor) -> tf.Tensor:
-    """(height, width) int32 of one JPEG or PNG frame, from its header (nothing decoded)."""
-    return tf.cond(_is_jpeg(image), lambda: tf.io.extract_jpeg_shape(image)[:2],
-                   lambda: tf.cast(_png_sizes(image[None])[0], tf.int32))
-
-
 def decode_window(images: tf.Tensor, indices: tf.Tensor, size: tf.Tensor,
                   window: tf.Tensor, video: tf.Tensor | str = "") -> tf.Tensor:
     """Decodes only ``window`` (top, left, height, width) of the chosen frames, each of
@@ -191,7 +158,7 @@ def decode_window(images: tf.Tensor, indices: tf.Tensor, size: tf.Tensor,
             with tf.control_dependencies([same_size(tf.shape(frame)[:2])]):
                 return frame[window[0]:window[0] + window[2], window[1]:window[1] + window[3]]
 
-        return tf.cond(_is_jpeg(image), jpeg, other)
+        return tf.cond(frame_headers.is_jpeg(image), jpeg, other)
 
     return tf.map_fn(decode, tf.gather(images, indices), fn_output_signature=tf.uint8)
 
@@ -275,7 +242,7 @@ def train_dataset(source: Sequence[str] | sources.TFDSSource, *, batch_size: int
             offset = sampling.dense_train_offset(n, clip_frames, dense_stride, seeds[0])
             indices = sampling.dense_indices(n, clip_frames, dense_stride, offset)
         frames = clip["frames"]
-        size = frame_size(frames[indices[0]])
+        size = frame_headers.frame_size(frames[indices[0]])
         video = transforms.random_resized_crop(
             size, lambda window: decode_window(frames, indices, size, window, clip["filename"]), crop_size,
             seeds[1], area, ratio)
