@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from uniformerv2_jax import storage
 from uniformerv2_jax.input import writer
@@ -29,7 +29,7 @@ def staged_videos_name(basename: str) -> str:
     return f"{basename}.videos.jsonl"
 
 
-def _write_shard(item: tuple[int, Sequence[str]], paths: Sequence[str], fps: float,
+def _write_shard(item: tuple[int, Iterable[str]], paths: Sequence[str], fps: float,
                  short_side: int, quality: int) -> Iterator[dict]:
     """(shard index, its videos as JSON lines) -> the shard written, and its outcome."""
     import apache_beam as beam
