@@ -82,6 +82,35 @@ def test_report_per_chip_is_consistent(v5e_reports):
     assert r["libtpu"] and r["jax"] == jax.__version__
 
 
+def test_the_estimate_splits_by_operation_kind(v5e_reports):
+    r = v5e_reports[4]
+    parts = r["estimate_by_kind"]
+    assert list(parts) == list(aot.KINDS)
+    assert sum(p["seconds"] for p in parts.values()) == pytest.approx(r["estimated_step_seconds"])
+    assert sum(p["share"] for p in parts.values()) == pytest.approx(1.0)
+    # The tiny model's step has matmuls, LayerNorms, a softmax per attention, the DPE's
+    # shifted sums and an AdamW update, each somewhere in the program.
+    for kind in ("matmuls", "normalisation", "attention softmax", "depthwise conv (shifted sums)",
+                 "optimiser update"):
+        assert parts[kind]["operations"] > 0 and parts[kind]["seconds"] > 0, kind
+
+
+def test_operations_are_sorted_into_kinds_by_opcode_fusion_and_module():
+    fwd = "jit(train_step)/jvp(UniFormerV2)/layer_0"
+    bwd = "jit(train_step)/transpose(jvp(UniFormerV2))/layer_0"
+    cases = {("fusion", "kOutput", f"{fwd}/block/attn/dot_general"): "matmuls",
+             ("fusion", "kLoop", f"{bwd}/block/attn/reduce_max"): "attention softmax",
+             ("fusion", "kLoop", f"{fwd}/block/ln_1/reduce_sum"): "normalisation",
+             ("fusion", "kLoop", f"{bwd}/global/dpe/add_any"): "depthwise conv (shifted sums)",
+             ("fusion", "kLoop", f"{fwd}/block/mlp/convert_element_type"): "casts",
+             ("copy", "", f"{bwd}/block/attn/transpose"): "copies and transposes",
+             ("fusion", "kLoop", f"{fwd}/block/mlp/mul"): "elementwise and other",
+             ("fusion", "kLoop", "jit(train_step)/sqrt"): "optimiser update",
+             ("all-reduce-start", "", "jit(train_step)/transpose(jvp(UniFormerV2))/x"): "collectives"}
+    for (opcode, fusion, name), kind in cases.items():
+        assert aot.operation_kind(opcode, fusion, name) == kind, name
+
+
 @pytest.mark.parametrize("name", ["v5p-8", "v6e-4", "v4-8"])
 def test_the_step_compiles_for_every_generation(name):
     r = aot.compile_step(tiny_config(), topology.describe(name), 2).report

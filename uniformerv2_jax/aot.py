@@ -146,6 +146,64 @@ def estimated_seconds(compiled: jax.stages.Compiled) -> float | None:
     return float(seconds) - UNCOSTED_CUSTOM_CALL * uncosted
 
 
+# Operation kinds of :func:`time_by_kind`, in the order it reports them.
+KINDS = ("matmuls", "attention softmax", "normalisation", "depthwise conv (shifted sums)",
+         "casts", "copies and transposes", "elementwise and other", "optimiser update",
+         "collectives")
+_CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
+_OPCODE = re.compile(r"^\s*(?:ROOT )?%\S+ = .*? ([a-z][\w-]*)\((?:%|\))")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+_SOFTMAX = ("reduce_max", "exp", "sub", "div", "reduce_sum", "max")
+
+
+def operation_kind(opcode: str, fusion_kind: str, op_name: str) -> str:
+    """The :data:`KINDS` entry of one operation of an optimized program, from its opcode,
+    fusion kind and JAX's ``op_name`` (which names the model's modules: ``attn``, ``ln_1``,
+    ``dpe``, ...; the backward pass under ``transpose(jvp(...))``)."""
+    last = op_name.rsplit("/", 1)[-1]
+    if opcode.removesuffix("-start").removesuffix("-done") in COLLECTIVES:
+        return "collectives"
+    if "jvp(" not in op_name:  # after the gradients: clipping and the AdamW update
+        return "optimiser update"
+    if fusion_kind == "kOutput" and last in ("dot_general", "conv_general_dilated"):
+        return "matmuls"
+    if "/dpe" in op_name or "lmhra" in op_name:
+        return "depthwise conv (shifted sums)"
+    if "/attn" in op_name and last in _SOFTMAX:
+        return "attention softmax"
+    if re.search(r"/(ln_\w+|head_norm|norm)(/|$)", op_name):
+        return "normalisation"
+    if last == "convert_element_type" or opcode == "convert":
+        return "casts"
+    if opcode in ("copy", "transpose") or last == "transpose":
+        return "copies and transposes"
+    return "elementwise and other"
+
+
+def time_by_kind(hlo_text: str, step_seconds: float) -> dict[str, dict[str, float]]:
+    """The TPU compiler's estimate of a step split by operation kind: each top-level
+    operation's ``estimated_cycles`` (the backend config of the optimized TPU program)
+    grouped by :func:`operation_kind`, scaled so that the kinds add up to ``step_seconds``
+    (:func:`estimated_seconds`). Returns kind -> ``seconds``, ``share``, ``operations``."""
+    entry = hlo_text[hlo_text.index("\nENTRY"):]
+    cycles = dict.fromkeys(KINDS, 0)
+    counts = dict.fromkeys(KINDS, 0)
+    for line in entry[:entry.index("\n}")].splitlines()[1:]:
+        found, opcode = _CYCLES.search(line), _OPCODE.match(line)
+        if not (found and opcode):
+            continue
+        fusion = re.search(r"kind=(k\w+)", line)
+        name = _OP_NAME.search(line)
+        kind = operation_kind(opcode[1], fusion[1] if fusion else "", name[1] if name else "")
+        cycles[kind] += int(found[1])
+        counts[kind] += 1
+    total = sum(cycles.values())
+    if not total:
+        raise ValueError("no estimated_cycles in the program: a breakdown needs a TPU compile")
+    return {kind: {"seconds": step_seconds * cycles[kind] / total, "share": cycles[kind] / total,
+                   "operations": counts[kind]} for kind in KINDS}
+
+
 def collectives(hlo_text: str) -> dict[str, int]:
     """Collective operations of an optimized HLO module, by kind (async pairs count once)."""
     return {kind: len(re.findall(rf"\s{kind}(?:-start)?\(", hlo_text)) for kind in COLLECTIVES}
@@ -166,9 +224,9 @@ def compile_step(config: ml_collections.ConfigDict, topology: Topology, batch_pe
     (``arguments_gib``, ``temporaries_gib``, ``peak_gib``) against ``hbm_gib``, ``fits``
     (with ``error``, XLA's out-of-memory message, when it does not), ``gflop_per_chip``,
     ``collectives`` by kind, ``custom_calls``, ``estimated_step_seconds``,
-    ``estimated_clips_per_second`` (whole slice) and ``estimated_mfu`` (TPU), and the
-    library versions. FLOPs and estimate are None with ``model.scan`` (XLA counts a loop
-    body once)."""
+    ``estimated_clips_per_second`` (whole slice), ``estimated_mfu`` and
+    ``estimate_by_kind`` (TPU; :func:`time_by_kind`), and the library versions. FLOPs and
+    estimate are None with ``model.scan`` (XLA counts a loop body once)."""
     config = step_config(config, topology, batch_per_device, step)
     # The learning-rate schedule is part of the program: its epoch is what training counts
     # when config.data.train_examples says it (needed for train --compiled), else one step.
@@ -220,7 +278,8 @@ def compile_step(config: ml_collections.ConfigDict, topology: Topology, batch_pe
         estimated_clips_per_second=global_batch / seconds if seconds else None,
         peak_tflops=peak_tflops[dtype_index] if peak_tflops else None,
         estimated_mfu=(flops / seconds / (peak_tflops[dtype_index] * 1e12)
-                       if seconds and peak_tflops else None))
+                       if seconds and peak_tflops else None),
+        estimate_by_kind=time_by_kind(text, seconds) if seconds else None)
     if not fits:
         report["error"] = (f"peak {peak / GIB:.2f} GiB a chip exceeds its {topology.hbm_gib:.2f} GiB "
                            "(the GPU compiler plans past the device's memory; judged here)")
@@ -290,6 +349,10 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{report['estimated_clips_per_second']:,.1f} "
                      f"{'clips' if report['step'] == 'train' else 'videos'}/s in all"
                      + (f", MFU {mfu:.1%} of {report['peak_tflops']:g} TFLOP/s" if mfu else ""))
+    for kind, part in (report.get("estimate_by_kind") or {}).items():
+        if part["operations"]:
+            lines.append(f"  {kind:<30} {part['seconds'] * 1e3:8.2f} ms {part['share']:6.1%}  "
+                         f"({part['operations']} operations)")
     versions = ", ".join(f"{k} {report[k]}" for k in ("jax", "libtpu", "jax_cuda12_plugin") if report.get(k))
     lines.append(f"({versions})")
     return "\n".join(lines)
