@@ -1,6 +1,6 @@
 """Forward time per clip of UniFormerV2-B/16 8x224 on this machine's default backend.
 
-    python benchmarks/forward_speed.py [--batch 1] [--repeats 5] [--kernels auto]
+    python benchmarks/forward_speed.py [--batch 1] [--repeats 5] [--kernels auto] [--tiny]
 
 Prints three tables:
 1. per setting (K400: no local MHRA; SSv2-style: local MHRA x2) and compute dtype
@@ -10,18 +10,26 @@ Prints three tables:
 2. per component of one clip (one backbone layer, one global block, attention alone;
    ``benchmarks/kernels.py`` compares the attention and convolution forms);
 3. compile time of the L/14 forward, plain loop vs ``scan`` (abstract inputs, no memory).
+
+``--tiny``: all three for ``benchmarks/train_speed.py``'s ``--tiny`` model (4 frames of
+32x32) instead of B/16 and L/14: under a minute in all, a check that the script works.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uniformerv2_jax import create_model
+from benchmarks.train_speed import TINY
+from uniformerv2_jax import UniFormerV2, create_model
 from uniformerv2_jax.layers import attention
 from uniformerv2_jax.model import GlobalUniBlock, LocalUniBlock
 
@@ -42,38 +50,67 @@ def seconds(fn, args, repeats):
     return float(np.median(times))
 
 
-def components(repeats):
-    """Milliseconds per clip of the parts of B/16 8x224, float32 and bfloat16."""
-    tokens = jnp.ones((1, 8, 197, 768))
-    query = jnp.ones((1, 1, 768))
+def create(tiny: bool, variant: str = "B/16", **fields) -> UniFormerV2:
+    """The ``variant`` preset (8 frames of its resolution), or with ``tiny`` the tiny model."""
+    return create_model("B/16", **TINY, **fields) if tiny else create_model(variant, **fields)
+
+
+def describe(m: UniFormerV2, tiny: bool, variant: str = "B/16") -> str:
+    """The model and its input: "B/16 8x224", "tiny 4x32"."""
+    return f"{'tiny' if tiny else variant} {m.t_size}x{m.input_resolution}"
+
+
+def video_shape(m: UniFormerV2, batch: int) -> tuple[int, ...]:
+    return (batch, m.t_size, m.input_resolution, m.input_resolution, 3)
+
+
+def components(m: UniFormerV2, label: str, repeats):
+    """Milliseconds per clip of the parts of model ``m``, float32 and bfloat16."""
+    tokens = jnp.ones((1, m.t_size, 1 + (m.input_resolution // m.patch_size) ** 2, m.width))
+    query = jnp.ones((1, 1, m.n_dim))
     parts = {
-        "backbone layer": (LocalUniBlock(12, False, True, 1.5), (tokens,)),
-        "backbone layer + local MHRA x2": (LocalUniBlock(12, True, True, 1.5), (tokens,)),
-        "global block (DPE + cross-attention)": (GlobalUniBlock(12, 4.0), (query, tokens)),
+        "backbone layer": (LocalUniBlock(m.heads, False, True, m.dw_reduction), (tokens,)),
+        "backbone layer + local MHRA x2": (LocalUniBlock(m.heads, True, True, m.dw_reduction), (tokens,)),
+        "global block (DPE + cross-attention)": (GlobalUniBlock(m.n_head, m.mlp_factor), (query, tokens)),
     }
-    print(f"\n{'component (B/16, 8 frames)':<38} {'f32 ms':>8} {'bf16 ms':>8}")
+    print(f"\n{f'component ({label})':<38} {'f32 ms':>8} {'bf16 ms':>8}")
     for name, (module, args) in parts.items():
-        variables = module.init(jax.random.key(0), *args)
+        variables = jax.jit(module.init)(jax.random.key(0), *args)
         row = []
         for dtype in (jnp.float32, jnp.bfloat16):
             row.append(seconds(jax.jit(module.clone(dtype=dtype).apply), (variables, *args), repeats))
         print(f"{name:<38} {row[0] * 1e3:8.1f} {row[1] * 1e3:8.1f}")
-    q = jnp.ones((8, 197, 12, 64))
+    q = jnp.ones((m.t_size, tokens.shape[2], m.heads, m.width // m.heads))
     row = [seconds(jax.jit(lambda x, d=d: attention(x, x, x, d)), (q,), repeats)
            for d in (jnp.float32, jnp.bfloat16)]
     print(f"{'  of which self-attention (softmax)':<38} {row[0] * 1e3:8.1f} {row[1] * 1e3:8.1f}")
 
 
-def compile_times():
-    """Compile time of the L/14 8x224 forward, loop vs scan, from abstract shapes."""
-    print(f"\n{'L/14 8x224 forward':<38} {'compile s':>9}")
-    video = jax.ShapeDtypeStruct((1, 8, 224, 224, 3), jnp.float32)
+def compile_times(tiny: bool):
+    """Compile time of the L/14 8x224 (or tiny) forward, loop vs scan, from abstract shapes."""
+    model = create(tiny, "L/14")
+    title = f"{describe(model, tiny, 'L/14')} forward"
+    print(f"\n{title:<38} {'compile s':>9}")
+    video = jax.ShapeDtypeStruct(video_shape(model, 1), jnp.float32)
     for scan in (False, True):
-        model = create_model("L/14", scan=scan)
+        model = model.clone(scan=scan)
         variables = jax.eval_shape(model.init, jax.random.key(0), video)
         start = time.perf_counter()
         jax.jit(model.apply).lower(variables, video).compile()
         print(f"{'scan' if scan else 'plain loop':<38} {time.perf_counter() - start:9.1f}")
+
+
+# In NumPy, which compiles nothing: op by op JAX compiles a kernel for each shape of the
+# variables, jitted whole one large program (either about 10 s even for the tiny model).
+def perturbed(variables, seed: int = 1):
+    """Every variable plus noise (zero-initialised outputs too), so that every path is live."""
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(
+        lambda x: jnp.asarray(np.asarray(x) + 0.01 * rng.standard_normal(x.shape, np.float32)), variables)
+
+
+def bfloat16(tree):
+    return jax.tree.map(lambda x: jnp.asarray(np.asarray(x).astype(jnp.bfloat16)), tree)
 
 
 def bench(model, variables, video, repeats):
@@ -93,28 +130,24 @@ def main():
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--kernels", default="auto", help="UniFormerV2.kernels of the whole model")
+    parser.add_argument("--tiny", action="store_true", help="train_speed.py's tiny model instead (seconds)")
     args = parser.parse_args()
 
-    print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), "
+    title = describe(create(args.tiny), args.tiny)
+    print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), {title}, "
           f"batch {args.batch}, median of {args.repeats}, kernels={args.kernels}")
     header = (f"{'setting':<22} {'compute':<12} {'compile s':>9} {'s/clip':>8} "
               f"{'GFLOP/clip':>10} {'GFLOP/s':>8} {'max|dlogit|':>11}")
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(0)
-    video = rng.standard_normal((args.batch, 8, 224, 224, 3)).astype(np.float32)
+    video = rng.standard_normal(video_shape(create(args.tiny), args.batch)).astype(np.float32)
     for name, fields in SETTINGS.items():
-        model = create_model("B/16", kernels=args.kernels, **fields)
-        variables = jax.jit(model.init)(jax.random.key(0), video[:1])
-        # Perturb every variable (zero-initialised outputs too) so that every path is live.
-        noise = jax.random.split(jax.random.key(1), len(jax.tree.leaves(variables)))
-        variables = jax.tree.map(
-            lambda x, k: x + 0.01 * jax.random.normal(k, x.shape), variables,
-            jax.tree.unflatten(jax.tree.structure(variables), list(noise)))
+        model = create(args.tiny, kernels=args.kernels, **fields)
+        variables = perturbed(jax.jit(model.init)(jax.random.key(0), video[:1]))
         # Inference may also store the weights in bfloat16, which saves casting them on
         # every call (float32 parameters stay the default, as training needs them).
-        bf16_weights = {**variables, "params": jax.tree.map(
-            lambda x: x.astype(jnp.bfloat16), variables["params"])}
+        bf16_weights = {**variables, "params": bfloat16(variables["params"])}
         runs = {"float32": (jnp.float32, variables), "bfloat16": (jnp.bfloat16, variables),
                 "bf16+bf16 w": (jnp.bfloat16, bf16_weights)}
         reference = None
@@ -127,8 +160,8 @@ def main():
             reference = logits if reference is None else reference
             print(f"{name:<22} {label:<12} {compile_s:9.1f} {per_clip:8.3f} "
                   f"{gflop:10.1f} {gflop / per_clip:8.0f} {deviation:>11}")
-    components(args.repeats)
-    compile_times()
+    components(create(args.tiny), title, args.repeats)
+    compile_times(args.tiny)
 
 
 if __name__ == "__main__":

@@ -2,18 +2,20 @@
 
     python benchmarks/input_speed.py [--cores 1] [--videos 32] [--seconds 10] [--rounds 2]
                                      [--baseline REVISION] [--gcs]
+    python benchmarks/input_speed.py --videos 4 --seconds 0.5 --rounds 1   # the smallest: ~40 s
 
 Writes Kinetics-like records (10 fps, 10 s, short side 256, 256x340 JPEG frames) to a
 temporary folder and pins this process to ``--cores`` CPUs. Training clips (sparse
 sampling, random resized crop, flip, RandAugment rand-m7-n4-mstd0.5-inc1) at 8x224 and
 16x224 are measured with this checkout's pipeline and with the pipeline of git
-``--baseline`` (default: the commit before the per-core speed-up, imported from git into
-a temporary package), alternating in ``--rounds`` rounds in this one process; each row is
-the best round, divided by the cores. Then eval videos (4 clips x 3 crops = 12 views
-each) at 8x224, and with ``--gcs`` the 8x224 training row again with the shards read from
-``gs://`` through the local GCS emulator of ``tests/gcs_emulator.py`` (TensorFlow's real
-GCS client, TLS, an in-memory fake-gcs-server on loopback): the cost of the GCS code
-path on this host's CPU, not a figure for a real bucket's network.
+``--baseline`` (default: the commit before the per-core speed-up, imported from this
+checkout's git history into a temporary package: a shallow clone lacks it), alternating
+in ``--rounds`` rounds in this one process; each row is the best round, divided by the
+cores. Then eval videos (4 clips x 3 crops = 12 views each) at 8x224, and with ``--gcs``
+the 8x224 training row again with the shards read from ``gs://`` through the local GCS
+emulator of ``tests/support/gcs_emulator.py`` (TensorFlow's real GCS client, TLS, an
+in-memory fake-gcs-server on loopback): the cost of the GCS code path on this host's CPU,
+not a figure for a real bucket's network.
 """
 
 from __future__ import annotations
@@ -21,21 +23,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+# "Now" is this checkout's pipeline, also where another checkout's package is installed.
+sys.path.insert(0, ROOT)
 
-import numpy as np
-import tensorflow as tf
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
-from uniformerv2_jax.input import pipeline, records
+from uniformerv2_jax.input import pipeline, records  # noqa: E402
 
 BASELINE = "9701b28c7bbe030938a8d01bc857505f501c8823"  # decode, then crop; float RandAugment
 RANDAUGMENT = "rand-m7-n4-mstd0.5-inc1"
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
 def write_kinetics_like(directory: str, videos: int, frames: int = 100) -> list[str]:
@@ -57,16 +62,25 @@ def write_kinetics_like(directory: str, videos: int, frames: int = 100) -> list[
     return paths
 
 
+def git(*args: str) -> str:
+    """The output of ``git args`` in this checkout; exits with git's reason where it fails."""
+    result = subprocess.run(["git", "-C", ROOT, *args], capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"git {' '.join(args)} failed: {result.stderr.strip()} (--baseline: a "
+                         "shallow clone lacks the default one: git fetch --unshallow)")
+    return result.stdout
+
+
 def baseline_pipeline(revision: str, directory: str):
     """``uniformerv2_jax/input`` as of git ``revision``, imported as package ``baseline_input``."""
     package = os.path.join(directory, "baseline_input")
     os.makedirs(package)
-    for name in ("__init__", "mixing", "pipeline", "randaugment", "records", "sampling", "sources",
-                 "transforms"):
-        source = subprocess.run(["git", "-C", ROOT, "show", f"{revision}:uniformerv2_jax/input/{name}.py"],
-                                capture_output=True, text=True, check=True).stdout
-        with open(os.path.join(package, f"{name}.py"), "w") as f:
-            f.write(source.replace("from uniformerv2_jax.input import", "from baseline_input import"))
+    # Every module of the package then, as modules come and go.
+    names = git("ls-tree", "--name-only", f"{revision}:uniformerv2_jax/input").split()
+    for name in filter(lambda n: n.endswith(".py"), names):
+        source = git("show", f"{revision}:uniformerv2_jax/input/{name}")
+        with open(os.path.join(package, name), "w") as f:
+            f.write(re.sub(r"\buniformerv2_jax\.input\b", "baseline_input", source))
     sys.path.insert(0, directory)
     from baseline_input import pipeline as old
     return old
@@ -104,7 +118,7 @@ def same_stream(old, files) -> str:
 def gcs_rate(files: list[str], seconds: float) -> float:
     """The 8x224 training rate with the shards in a bucket of the local GCS emulator."""
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from gcs_emulator import GcsEmulator
+    from support.gcs_emulator import GcsEmulator
     with GcsEmulator(buckets=["bench"]) as gcs, gcs.activated():
         remote = []
         for path in files:

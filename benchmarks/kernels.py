@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from uniformerv2_jax.kernels import choose_kernels
+from uniformerv2_jax.kernel_choice import choose_kernels
 from uniformerv2_jax.layers import DepthwiseConv3D, attention
 
 

@@ -1,17 +1,24 @@
 """Per-chip memory, estimated step time, clips/s and MFU of zoo models on TPU slices, from
-deviceless compiles (the ``tpu`` extra; no TPU needed): the README's TPU table.
+deviceless compiles (the ``tpu`` extra; no TPU needed): the TPU plan table of docs/tpu.md.
 
     python benchmarks/tpu_plan.py [--models=b16_8x224,l14_16x224] [--chips=v5e,v5p,v6e]
-        [--remat=l14_32x224,l14_336_32x336] [--json=PATH]
+        [--remat=l14_32x224,l14_336_32x336] [--max_batch=N] [--json=PATH]
+    python benchmarks/tpu_plan.py --models=tiny --chips=v5e --probe=1,2 --max_batch=2   # 3 compiles, ~40 s
 
 For each model it compiles the train step (bfloat16 compute, data parallel over 4 chips)
 at two batches a chip on v5p (``--probe``, default 2 and 4; the largest HBM), fits XLA's
 per-chip plan as memory = a + b * clips, and
 for each chip kind compiles at the largest batch that plan predicts to fit (one clip less
-each time it does not). Every figure printed comes from the compile at that batch: the
-compiler's memory plan and its roofline estimate of the step (``aot.estimated_seconds``:
-collectives costed as HBM traffic only), the MFU against the datasheet peak. Estimates,
-not measurements.
+each time it does not), at most ``--max_batch``. Every figure printed comes from the
+compile at that batch: the compiler's memory plan and its roofline estimate of the step
+(``aot.estimated_seconds``: collectives costed as HBM traffic only), the MFU against the
+datasheet peak. Estimates, not measurements.
+
+``--models`` takes the shorthands of ``benchmarks/train_speed.py`` and ``tiny``, its
+``--tiny`` model: about 10 s a compile, a check that the script works rather than a plan.
+Its memory barely grows with the batch, so the fitted plan would put thousands of clips on
+a chip, while its compile time grows with the batch (64 clips: over a minute): its
+``--max_batch`` defaults to :data:`TINY_MAX_BATCH`.
 """
 
 from __future__ import annotations
@@ -29,15 +36,17 @@ from uniformerv2_jax import topology  # noqa: E402
 
 topology.deviceless_environment()
 
-from benchmarks.train_speed import SHORTHANDS, zoo_config  # noqa: E402
+from benchmarks.train_speed import SHORTHANDS, tiny_config, zoo_config  # noqa: E402
 from uniformerv2_jax import aot  # noqa: E402
 
 SLICES = {"v5e": "v5e-4", "v5p": "v5p-8", "v6e": "v6e-4"}  # 4 chips each
 HEADROOM = 0.97  # plan within 97% of the HBM, as XLA leaves some for itself
+TINY = "tiny"  # train_speed.py's --tiny model
+TINY_MAX_BATCH = 8  # clips a chip: the tiny model's compile time grows with the batch (64: a minute)
 
 
 def model_config(name: str, remat: bool):
-    config = zoo_config(name)
+    config = tiny_config() if name == TINY else zoo_config(name)
     config.model.update(dtype="bfloat16", remat=remat, scan=False)
     return config
 
@@ -52,7 +61,19 @@ def compile_at(config, target, batch: int) -> dict:
     return report
 
 
-def plan(name: str, chips: list[str], remat: bool, probe: tuple[int, int]) -> list[dict]:
+def planned_batch(hbm_gib: float, fixed: float, per_clip: float, max_batch: int) -> int:
+    """The most clips a chip that the plan ``fixed + per_clip * clips`` puts within
+    :data:`HEADROOM` of ``hbm_gib``, at most ``max_batch`` (0: no limit)."""
+    if per_clip <= 0:  # the probes' plans do not grow (small models at small batches)
+        if not max_batch:
+            raise SystemExit("the memory plan does not grow between the --probe batches: give "
+                             "larger ones, or --max_batch")
+        return max_batch
+    batch = max(1, int((HEADROOM * hbm_gib - fixed) / per_clip))
+    return min(batch, max_batch) if max_batch else batch
+
+
+def plan(name: str, chips: list[str], remat: bool, probe: tuple[int, int], max_batch: int) -> list[dict]:
     config = model_config(name, remat)
     v5p = topology.describe(SLICES["v5p"])
     low, high = (compile_at(config, v5p, b) for b in probe)
@@ -63,7 +84,7 @@ def plan(name: str, chips: list[str], remat: bool, probe: tuple[int, int]) -> li
     rows = []
     for chip in chips:
         target = topology.describe(SLICES[chip])
-        batch = max(1, int((HEADROOM * target.hbm_gib - fixed) / per_clip))
+        batch = planned_batch(target.hbm_gib, fixed, per_clip, max_batch)
         report = compile_at(config, target, batch)
         while not report["fits"] and batch > 1:
             batch -= 1
@@ -92,19 +113,24 @@ def print_table(rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="b16_8x224,l14_16x224")
+    parser.add_argument("--models", default="b16_8x224,l14_16x224",
+                        help=f"some of {sorted(SHORTHANDS)} and {TINY!r}, comma-separated")
     parser.add_argument("--chips", default="v5e,v5p,v6e")
     parser.add_argument("--remat", default="", help="models compiled with model.remat=True")
     parser.add_argument("--probe", default="2,4", help="the two batches a chip the plan is fitted on")
+    parser.add_argument("--max_batch", type=int, default=0,
+                        help=f"the most clips a chip to compile (default: no limit; {TINY_MAX_BATCH} "
+                             f"for {TINY!r})")
     parser.add_argument("--json", help="write every compile's report here")
     args = parser.parse_args()
     chips = args.chips.split(",")
     remat = set(filter(None, args.remat.split(",")))
     rows = []
     for name in args.models.split(","):
-        if name not in SHORTHANDS:
-            raise SystemExit(f"--models: {name!r} is not one of {sorted(SHORTHANDS)}")
-        rows += plan(name, chips, name in remat, tuple(int(b) for b in args.probe.split(",")))
+        if name not in SHORTHANDS and name != TINY:
+            raise SystemExit(f"--models: {name!r} is not one of {sorted(SHORTHANDS)} or {TINY!r}")
+        max_batch = args.max_batch or (TINY_MAX_BATCH if name == TINY else 0)
+        rows += plan(name, chips, name in remat, tuple(int(b) for b in args.probe.split(",")), max_batch)
     print_table(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")

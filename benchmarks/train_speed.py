@@ -74,12 +74,15 @@ def zoo_config(spec: str):
     return module.get_config(arg) if arg else module.get_config()
 
 
+def tiny_config():
+    """The base config with the :data:`TINY` model (also what ``tpu_plan.py --models=tiny`` plans)."""
+    config = config_lib.base_config()
+    config.model = config_lib.model_config("B/16", **TINY)
+    return config
+
+
 def make_config(args):
-    if args.tiny:
-        config = config_lib.base_config()
-        config.model = config_lib.model_config("B/16", **TINY)
-    else:
-        config = zoo_config(args.config)
+    config = tiny_config() if args.tiny else zoo_config(args.config)
     config.init_from = config_lib.SCRATCH
     config.model.dtype = args.dtype
     config.model.remat = args.remat or config.model.remat
