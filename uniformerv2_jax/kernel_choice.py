@@ -31,7 +31,9 @@ CONV_KERNELS = ("shifted", "grouped")  # fused shifted sums (ours); lax.conv_gen
 #   as slow as a dense one, jax-ml/jax#13800), while the shifted sums are one memory-bound
 #   fused loop, as fast as a depthwise convolution with 3 or 27 taps can be.
 # * tpu and any other: matmul+shifted, for the same reasons; not measured either. The
-#   "xla" attention lowers to the same two matmuls and softmax.
+#   "xla" attention lowers to the same two matmuls and softmax. The TPU compiler's own
+#   estimate prefers "grouped" for the B/16 step (docs/tpu.md); it stays off the default
+#   until L/14, v5e and remat are compiled with it too.
 AUTO_KERNELS = {"cpu": "matmul+shifted", "gpu": "cudnn+shifted"}
 
 
