@@ -85,7 +85,6 @@ def write_records(entries: Sequence[writer.VideoEntry], output_dir: str | os.Pat
                  | "Gather outcomes" >> beam.combiners.ToList()
                  | "Write sidecars" >> beam.Map(_save_sidecars, dataclasses.replace(
                      plan, paths=[], videos=[], todo=[])))  # what the sidecars need, small
-        finished = writer.plan_shards(entries, output_dir, name, num_shards)  # as the job left it
-        plan.counts, plan.failures = finished.counts, finished.failures
+        plan.reload()
         staged.unlink()
     return writer.report(plan, len(entries))

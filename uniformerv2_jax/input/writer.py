@@ -27,7 +27,7 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -210,6 +210,11 @@ class ShardPlan:
         self.counts[shard] = written
         self.save()
 
+    def reload(self) -> None:
+        """The sidecars' content as another process (a Beam job) left it."""
+        self.counts = _read_json(self.counts_file, {})
+        self.failures = _read_json(self.failures_file, [])
+
     def save(self) -> None:
         """Writes the sidecars: failures first, so that an interrupted run knows what is
         finished (a shard the counts name) and what failed in it."""
@@ -240,14 +245,18 @@ def plan_shards(entries: Sequence[VideoEntry], output_dir: str | os.PathLike, na
         videos[shard_of(entry.id, num_shards)].append(entry)
     failures_file = output_dir / records.failures_name(name)
     counts_file = output_dir / records.counts_name(name)  # records per shard, for eval planning
-    counts = json.loads(counts_file.read_text()) if counts_file.exists() else {}
+    counts = _read_json(counts_file, {})
     todo = [i for i, p in enumerate(paths)
             if storage.path(p).name not in counts or not storage.path(p).exists()]
     rewritten = {storage.path(paths[i]).name for i in todo}
-    failures = json.loads(failures_file.read_text()) if failures_file.exists() else []
+    failures = _read_json(failures_file, [])
     failures = [f for f in failures if f.get("shard") not in rewritten]  # listed again when written
     counts = {k: v for k, v in counts.items() if k not in rewritten}
     return ShardPlan(paths, videos, todo, counts, failures, counts_file, failures_file)
+
+
+def _read_json(path: storage.epath.Path, default: Any) -> Any:
+    return json.loads(path.read_text()) if path.exists() else default
 
 
 def write_records(entries: Sequence[VideoEntry], output_dir: str | os.PathLike, name: str,
