@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
-import re
 from collections.abc import Mapping, Sequence
 
+import tensorflow as tf
+
 from uniformerv2_jax import labels, storage
+from uniformerv2_jax.input import records
 from uniformerv2_jax.storage import PathLike
 
 SOURCES = ("k400", "k600", "k700")  # a YouTube id is taken from the first that lists it
@@ -34,10 +37,11 @@ class Clip:
     split: str  # one of SPLITS
 
 
+@functools.cache  # a few thousand distinct names among a million rows
 def class_key(name: str) -> str:
-    """A class name as names are matched: lower case, each run of spaces and underscores
-    one space, trimmed (the rule of ``uniformerv2_jax.input.records.label_key``)."""
-    return re.sub(r"[_ ]+", " ", name.lower()).strip()
+    """A class name as names are matched (:func:`records.label_key`, the readers' rule):
+    lower case, each run of spaces and underscores one space, trimmed."""
+    return records.label_key(tf.constant(name)).numpy().decode()
 
 
 def split_of(text: str, where: str) -> str:
