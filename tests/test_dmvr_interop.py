@@ -195,8 +195,8 @@ def test_counts_sidecars_of_earlier_versions_and_of_dmvr_shard_names(tmp_path):
 
 def gray_levels_video(path, frames: int, fps: int) -> None:
     """Frame i is one flat colour that spells i: red 32 (i // 8), green 32 (i % 8). Levels
-    32 apart survive any codec error under 16 (H.264 at crf 18 errs by 3 here on these flat
-    frames; the old step of 4 left a margin of 2, which one JPEG re-encoding used up)."""
+    32 apart survive any codec error under 16 (H.264 at crf 18 errs by up to 3 levels on
+    these flat frames, a JPEG re-encoding by a few more)."""
     index = np.arange(frames)
     colours = np.stack([32 * (index // 8), 32 * (index % 8), np.full(frames, 128)], -1)
     video = np.broadcast_to(colours[:, None, None, :], (frames, 32, 32, 3)).astype(np.uint8)
