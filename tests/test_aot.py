@@ -88,11 +88,39 @@ def test_the_estimate_splits_by_operation_kind(v5e_reports):
     assert list(parts) == list(aot.KINDS)
     assert sum(p["seconds"] for p in parts.values()) == pytest.approx(r["estimated_step_seconds"])
     assert sum(p["share"] for p in parts.values()) == pytest.approx(1.0)
-    # The tiny model's step has matmuls, LayerNorms, a softmax per attention, the DPE's
-    # shifted sums and an AdamW update, each somewhere in the program.
-    for kind in ("matmuls", "normalisation", "attention softmax", "depthwise conv (shifted sums)",
-                 "optimiser update"):
+    # The tiny model's step has matmuls, LayerNorms, a softmax per cross-attention, the
+    # depthwise convolutions, the Pallas attention and an AdamW update, each somewhere.
+    for kind in ("matmuls", "normalisation", "attention softmax", "depthwise convolutions",
+                 "optimiser update", "Pallas kernels"):
         assert parts[kind]["operations"] > 0 and parts[kind]["seconds"] > 0, kind
+
+
+def test_the_tiny_steps_attention_is_the_pallas_kernel_costed_from_its_declaration(v5e_reports):
+    """bfloat16 on TPU: "auto" picks the Pallas attention; each of the 3 layers calls its
+    forward and backward kernel, and the breakdown gives them their declared cost."""
+    r = v5e_reports[4]
+    assert r["custom_calls"]["tpu_custom_call"] == 6
+    kernels = r["estimate_by_kind"]["Pallas kernels"]
+    assert kernels["operations"] == 6 and 0 < kernels["seconds"] < r["estimated_step_seconds"]
+
+
+def test_a_pallas_kernel_is_costed_at_the_rates_of_xlas_own_operations():
+    """The rates the TPU cost model applies to a kernel's declared FLOPs and bytes are the
+    ones it applies to a compute-bound matmul and a memory-bound copy of XLA's own."""
+    t = topology.describe("v5p-8")
+    rates = aot.kernel_rates(t.devices[0])
+    mesh = jax.sharding.Mesh(np.asarray(t.devices[:1]), ("d",))
+
+    def estimate(fn, shape, dtype):
+        x = jax.ShapeDtypeStruct(shape, dtype, sharding=jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec()))
+        return aot._cost(jax.jit(fn).lower(x).compile())["optimal_seconds"]
+
+    n = 8192  # bfloat16 n x n x n: 2 n^3 FLOPs over 3 n^2 * 2 bytes, compute-bound
+    assert estimate(lambda x: x @ x, (n, n), jnp.bfloat16) == pytest.approx(2 * n**3 / rates.flops, rel=1e-3)
+    # x + 1 in float32 reads and writes 4 bytes an element: memory-bound
+    assert estimate(lambda x: x + 1, (n, n), jnp.float32) == pytest.approx(8 * n * n / rates.bytes, rel=1e-3)
+    assert rates.transcendentals > 0
 
 
 def test_operations_are_sorted_into_kinds_by_opcode_fusion_and_module():
@@ -101,7 +129,9 @@ def test_operations_are_sorted_into_kinds_by_opcode_fusion_and_module():
     cases = {("fusion", "kOutput", f"{fwd}/block/attn/dot_general"): "matmuls",
              ("fusion", "kLoop", f"{bwd}/block/attn/reduce_max"): "attention softmax",
              ("fusion", "kLoop", f"{fwd}/block/ln_1/reduce_sum"): "normalisation",
-             ("fusion", "kLoop", f"{bwd}/global/dpe/add_any"): "depthwise conv (shifted sums)",
+             ("fusion", "kLoop", f"{bwd}/global/dpe/add_any"): "depthwise convolutions",
+             ("fusion", "kOutput", f"{fwd}/block/lmhra1/conv_dw/conv_general_dilated"):
+                 "depthwise convolutions",
              ("fusion", "kLoop", f"{fwd}/block/mlp/convert_element_type"): "casts",
              ("copy", "", f"{bwd}/block/attn/transpose"): "copies and transposes",
              ("fusion", "kLoop", f"{fwd}/block/mlp/mul"): "elementwise and other",

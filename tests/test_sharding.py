@@ -67,6 +67,22 @@ def test_a_step_on_any_mesh_equals_the_single_device_step(mesh, single_device, s
     assert mu.sharding == fc.sharding  # the optimiser state is sharded like its parameter
 
 
+def test_the_pallas_attention_on_a_mesh_gives_the_single_device_step(single_device,
+                                                                    synthetic_records):
+    """The kernel runs once per shard (frames over data x fsdp, heads over tensor): the step
+    equals the single-device step of the matmul form within the same bounds."""
+    config = config_for((2, 2, 2), synthetic_records)
+    config.model.kernels = "pallas+shifted"
+    exp, state, metrics = one_step(config)
+    assert exp.model.kernels == "pallas+shifted"
+    reference_state, reference_metrics = single_device
+    np.testing.assert_allclose(metrics["loss"], reference_metrics["loss"], rtol=1e-5)
+    np.testing.assert_allclose(metrics["grad_norm"], reference_metrics["grad_norm"], rtol=1e-4)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(state.params),
+                            jax.tree.leaves(reference_state.params)):
+        np.testing.assert_allclose(np.asarray(a), b, atol=2e-6, err_msg=jax.tree_util.keystr(path))
+
+
 def test_a_checkpoint_saved_on_one_mesh_restores_on_another(synthetic_records, tmp_path):
     exp, state, _ = one_step(config_for((2, 2, 2), synthetic_records))
     checkpoints = Checkpoints(tmp_path, keep=2)

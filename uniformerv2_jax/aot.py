@@ -12,19 +12,23 @@ batch that fits (:mod:`executable` keeps a compiled step for ``train --compiled`
 The estimate (TPU only) is ``cost_analysis()["optimal_seconds"]``: for every operation of
 the optimized program the larger of its FLOPs at the chip's matmul rate and its bytes at
 the HBM bandwidth, summed, with no overlap between operations and collectives costed as
-HBM traffic only (no ICI/DCN time). Custom calls the cost model does not know (libtpu's
-``ConcatBitcast`` in bfloat16 steps, linear-algebra kernels) each count -1 second there;
-:func:`estimated_seconds` adds them back. GPUs get no estimate (no autotuning
-without a GPU) and their FLOPs come from the program before optimisation.
+HBM traffic only (no ICI/DCN time). A Pallas kernel (``tpu_custom_call``) is costed the
+same way from the ``pl.CostEstimate`` it declares: the largest of its FLOPs, bytes and
+transcendentals each at the cost model's own rate (:func:`kernel_rates`). Custom calls
+the cost model does not know (libtpu's ``ConcatBitcast`` in bfloat16 steps,
+linear-algebra kernels) each count -1 second there; :func:`estimated_seconds` adds them
+back. GPUs get no estimate (no autotuning without a GPU) and their FLOPs come from the
+program before optimisation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -147,13 +151,54 @@ def estimated_seconds(compiled: jax.stages.Compiled) -> float | None:
 
 
 # Operation kinds of :func:`time_by_kind`, in the order it reports them.
-KINDS = ("matmuls", "attention softmax", "normalisation", "depthwise conv (shifted sums)",
+KINDS = ("matmuls", "attention softmax", "normalisation", "depthwise convolutions",
          "casts", "copies and transposes", "elementwise and other", "optimiser update",
-         "collectives")
+         "collectives", "Pallas kernels")
 _CYCLES = re.compile(r'"estimated_cycles":"(\d+)"')
 _OPCODE = re.compile(r"^\s*(?:ROOT )?%\S+ = .*? ([a-z][\w-]*)\((?:%|\))")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
-_SOFTMAX = ("reduce_max", "exp", "sub", "div", "reduce_sum", "max")
+# A reduce_sum under attn is as often a bias gradient as a softmax sum: "elementwise".
+_SOFTMAX = ("reduce_max", "exp", "sub", "div", "max")
+_KERNEL_COST = re.compile(r'"cost_estimate":\{"flops":"(\d+)","transcendentals":"(\d+)",'
+                          r'"bytes_accessed":"(\d+)"')
+
+
+class KernelRates(NamedTuple):
+    """The TPU cost model's rates for a custom call's declared cost, per second."""
+
+    flops: float
+    bytes: float
+    transcendentals: float
+
+    def seconds(self, flops: float, bytes_accessed: float, transcendentals: float) -> float:
+        return max(flops / self.flops, bytes_accessed / self.bytes,
+                   transcendentals / self.transcendentals)
+
+
+def _copy_kernel(x_ref, o_ref):
+    o_ref[...] = x_ref[...]
+
+
+@functools.cache
+def kernel_rates(device: jax.Device) -> KernelRates:
+    """How the TPU compiler costs a Pallas kernel on ``device``'s chip: compiles a kernel
+    that declares only FLOPs, only bytes, only transcendentals, and reads each rate off
+    the estimate (libtpu 0.0.42: the largest of the three times counts)."""
+    from jax.experimental import pallas as pl
+
+    mesh = jax.sharding.Mesh([device], ("x",))
+    block = jax.ShapeDtypeStruct((8, 128), jnp.float32,
+                                 sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    amount = 1e12
+
+    def rate(**declared) -> float:
+        kernel = pl.pallas_call(_copy_kernel, out_shape=block,
+                                cost_estimate=pl.CostEstimate(**{"flops": 0, "transcendentals": 0,
+                                                                 "bytes_accessed": 0, **declared}))
+        return amount / _cost(jax.jit(kernel).lower(block).compile())["optimal_seconds"]
+
+    return KernelRates(rate(flops=int(amount)), rate(bytes_accessed=int(amount)),
+                       rate(transcendentals=int(amount)))
 
 
 def operation_kind(opcode: str, fusion_kind: str, op_name: str) -> str:
@@ -165,10 +210,10 @@ def operation_kind(opcode: str, fusion_kind: str, op_name: str) -> str:
         return "collectives"
     if "jvp(" not in op_name:  # after the gradients: clipping and the AdamW update
         return "optimiser update"
+    if "/dpe" in op_name or "/conv_dw" in op_name:  # either form: shifted sums or grouped
+        return "depthwise convolutions"
     if fusion_kind == "kOutput" and last in ("dot_general", "conv_general_dilated"):
         return "matmuls"
-    if "/dpe" in op_name or "lmhra" in op_name:
-        return "depthwise conv (shifted sums)"
     if "/attn" in op_name and last in _SOFTMAX:
         return "attention softmax"
     if re.search(r"/(ln_\w+|head_norm|norm)(/|$)", op_name):
@@ -180,15 +225,26 @@ def operation_kind(opcode: str, fusion_kind: str, op_name: str) -> str:
     return "elementwise and other"
 
 
-def time_by_kind(hlo_text: str, step_seconds: float) -> dict[str, dict[str, float]]:
-    """The TPU compiler's estimate of a step split by operation kind: each top-level
-    operation's ``estimated_cycles`` (the backend config of the optimized TPU program)
-    grouped by :func:`operation_kind`, scaled so that the kinds add up to ``step_seconds``
-    (:func:`estimated_seconds`). Returns kind -> ``seconds``, ``share``, ``operations``."""
+def time_by_kind(hlo_text: str, step_seconds: float, rates: KernelRates | None = None
+                 ) -> dict[str, dict[str, float]]:
+    """The TPU compiler's estimate of a step split by operation kind. Pallas kernels take
+    their cost-model time (their declared cost at ``rates``, :func:`kernel_rates`); the rest
+    of ``step_seconds`` (:func:`estimated_seconds`) is split in proportion to each other
+    top-level operation's ``estimated_cycles`` (the backend config of the optimized TPU
+    program), grouped by :func:`operation_kind`. Returns kind -> ``seconds``, ``share``,
+    ``operations``."""
     entry = hlo_text[hlo_text.index("\nENTRY"):]
     cycles = dict.fromkeys(KINDS, 0)
     counts = dict.fromkeys(KINDS, 0)
+    kernel_seconds = 0.0
     for line in entry[:entry.index("\n}")].splitlines()[1:]:
+        if (declared := _KERNEL_COST.search(line)) and 'custom_call_target="tpu_custom_call"' in line:
+            if rates is None:
+                raise ValueError("the program has Pallas kernels: pass their rates (kernel_rates)")
+            flops, transcendentals, bytes_accessed = map(float, declared.groups())
+            kernel_seconds += rates.seconds(flops, bytes_accessed, transcendentals)
+            counts["Pallas kernels"] += 1
+            continue
         found, opcode = _CYCLES.search(line), _OPCODE.match(line)
         if not (found and opcode):
             continue
@@ -200,7 +256,9 @@ def time_by_kind(hlo_text: str, step_seconds: float) -> dict[str, dict[str, floa
     total = sum(cycles.values())
     if not total:
         raise ValueError("no estimated_cycles in the program: a breakdown needs a TPU compile")
-    return {kind: {"seconds": step_seconds * cycles[kind] / total, "share": cycles[kind] / total,
+    seconds = {kind: (step_seconds - kernel_seconds) * cycles[kind] / total for kind in KINDS}
+    seconds["Pallas kernels"] = kernel_seconds
+    return {kind: {"seconds": seconds[kind], "share": seconds[kind] / step_seconds,
                    "operations": counts[kind]} for kind in KINDS}
 
 
@@ -279,7 +337,8 @@ def compile_step(config: ml_collections.ConfigDict, topology: Topology, batch_pe
         peak_tflops=peak_tflops[dtype_index] if peak_tflops else None,
         estimated_mfu=(flops / seconds / (peak_tflops[dtype_index] * 1e12)
                        if seconds and peak_tflops else None),
-        estimate_by_kind=time_by_kind(text, seconds) if seconds else None)
+        estimate_by_kind=(time_by_kind(text, seconds, kernel_rates(topology.devices[0]))
+                          if seconds else None))
     if not fits:
         report["error"] = (f"peak {peak / GIB:.2f} GiB a chip exceeds its {topology.hbm_gib:.2f} GiB "
                            "(the GPU compiler plans past the device's memory; judged here)")

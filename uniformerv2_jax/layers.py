@@ -20,6 +20,8 @@ import jax.numpy as jnp
 from flax.core import lift
 from jax import lax
 
+from uniformerv2_jax.frame_attention import frame_attention
+
 Dtype = Any
 Array = jax.Array
 
@@ -50,15 +52,24 @@ def matmul(x: Array, kernel: Array, dtype: Dtype) -> Array:
 
     The result is float32 whatever ``dtype`` is: bf16 x bf16 -> f32 runs at full AMX /
     tensor-core speed, while bf16 x bf16 -> bf16 is both slower on CPU and less accurate.
+    On TPU ``x`` keeps its leading axes, so that the compiler lays out (frames, tokens) as
+    suits the neighbouring operations (odd token counts outermost), where a flattened
+    ``x`` fixes a frame-major layout and costs relayout copies around every matmul
+    (docs/tpu.md); elsewhere ``x`` is flattened, which XLA:CPU runs with fewer copies.
     """
     x = x.astype(dtype)
-    kernel = kernel.astype(dtype)
-    out = lax.dot_general(
-        x.reshape(-1, x.shape[-1]),
-        kernel.reshape(kernel.shape[0], -1),
-        (((1,), (0,)), ((), ())),
-        preferred_element_type=jnp.float32,
-    )
+    kernel_2d = kernel.reshape(kernel.shape[0], -1).astype(dtype)
+    contract_last = (((x.ndim - 1,), (0,)), ((), ()))
+
+    def leading_axes_kept(x, k):
+        return lax.dot_general(x, k, contract_last, preferred_element_type=jnp.float32)
+
+    def flattened(x, k):
+        out = lax.dot_general(x.reshape(-1, x.shape[-1]), k, (((1,), (0,)), ((), ())),
+                              preferred_element_type=jnp.float32)
+        return out.reshape(*x.shape[:-1], k.shape[1])
+
+    out = lax.platform_dependent(x, kernel_2d, tpu=leading_axes_kept, default=flattened)
     return out.reshape(*x.shape[:-1], *kernel.shape[1:])
 
 
@@ -157,7 +168,10 @@ class MLP(nn.Module):
         width = x.shape[-1]
         h = Dense((self.hidden,), ("embed", "mlp"), self.dtype,
                   kernel_init=xavier_uniform(), name="c_fc")(x)
-        h = quick_gelu(h)
+        if __import__('os').environ.get('UV2_BF16_HIDDEN'):
+            h = quick_gelu(h.astype(self.dtype).astype(jnp.float32))
+        else:
+            h = quick_gelu(h)
         h = drop(self, h, dropout_rate, train)
         out_init = zeros if self.zero_init_out else xavier_uniform()
         return Dense((width,), ("mlp", "embed"), self.dtype,
@@ -226,12 +240,20 @@ class Attention(nn.Module):
             shape[1:],
         )
         query_dtype = self.query_dtype or self.dtype
-        if context is None:
-            q, k, v = jnp.moveaxis(matmul(x, in_kernel, self.dtype) + in_bias, -3, 0)
+        if self.implementation == "pallas" and context is None:
+            # One projection each: the kernel reads q, k, v as separate (B, L, H*D) arrays.
+            q, k, v = (matmul(x, in_kernel[:, i].reshape(width, width), self.dtype)
+                       + in_bias[i].reshape(width) for i in range(3))
+            q, k, v = (y.astype(self.dtype) for y in (q * head_dim**-0.5, k, v))
+            out = frame_attention(q, k, v, head_dim)
         else:
-            q = matmul(x, in_kernel[:, 0], query_dtype) + in_bias[0]
-            k, v = jnp.moveaxis(matmul(context, in_kernel[:, 1:], self.dtype) + in_bias[1:], -3, 0)
-        out = attention(q, k, v, self.dtype, self.implementation)
+            if context is None:
+                q, k, v = jnp.moveaxis(matmul(x, in_kernel, self.dtype) + in_bias, -3, 0)
+            else:
+                q = matmul(x, in_kernel[:, 0], query_dtype) + in_bias[0]
+                k, v = jnp.moveaxis(matmul(context, in_kernel[:, 1:], self.dtype) + in_bias[1:], -3, 0)
+            out = attention(q, k, v, self.dtype, self.implementation)
+            out = out.reshape(*out.shape[:-2], width)
         out_init = zeros if self.zero_init_out else xavier_uniform(in_axis=(0, 1), out_axis=2)
         out_kernel = self.param(
             "out_proj_kernel",
@@ -240,7 +262,6 @@ class Attention(nn.Module):
         )
         out_bias = self.param(
             "out_proj_bias", nn.with_logical_partitioning(zeros, ("embed",)), (width,))
-        out = out.reshape(*out.shape[:-2], width)
         return matmul(out, out_kernel.reshape(width, width), query_dtype) + out_bias
 
 
