@@ -26,6 +26,7 @@ input dtype). The caller scales q.
 from __future__ import annotations
 
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -88,9 +89,12 @@ def _head_masks(head_dim: int, width: int) -> list[Array]:
 
 def _dot(a: Array, b: Array, contract: tuple[int, int]) -> Array:
     """A 2D matmul contracting axis ``contract[0]`` of ``a`` with ``contract[1]`` of ``b``,
-    accumulated in float32."""
+    accumulated in float32: full precision for float32 operands, the MXU's native pass
+    for 16-bit ones (exact products; Mosaic takes no other precision for them, whatever
+    ``jax_default_matmul_precision`` says)."""
+    precision = lax.Precision.HIGHEST if a.dtype == jnp.float32 else lax.Precision.DEFAULT
     return lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())),
-                           preferred_element_type=jnp.float32)
+                           precision=precision, preferred_element_type=jnp.float32)
 
 
 def _softmax(logits: Array) -> Array:
@@ -188,6 +192,18 @@ def frame_attention(q: Array, k: Array, v: Array, head_dim: int) -> Array:
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return _attention(q, k, v, head_dim)
-    spec = P(*nn.logical_to_mesh_axes(("batch", None, "heads")))
+    # Frames as the logical axis "batch", heads as "heads"; an axis its shards do not divide
+    # (a model initialised on a small example batch) stays whole.
+    axes = [_dividing(mesh, names, size) for names, size in zip(
+        nn.logical_to_mesh_axes(("batch", None, "heads")), (q.shape[0], 1, q.shape[-1] // head_dim))]
+    spec = P(*axes)
     return jax.shard_map(lambda q, k, v: _attention(q, k, v, head_dim), mesh=mesh,
                          in_specs=(spec, spec, spec), out_specs=spec, check_vma=False)(q, k, v)
+
+
+def _dividing(mesh, names, size: int):
+    """``names`` (mesh axes of one array axis) where their shards divide ``size``, else None."""
+    if names is None:
+        return None
+    shards = math.prod(mesh.shape[n] for n in ((names,) if isinstance(names, str) else names))
+    return names if size % shards == 0 else None

@@ -168,10 +168,7 @@ class MLP(nn.Module):
         width = x.shape[-1]
         h = Dense((self.hidden,), ("embed", "mlp"), self.dtype,
                   kernel_init=xavier_uniform(), name="c_fc")(x)
-        if __import__('os').environ.get('UV2_BF16_HIDDEN'):
-            h = quick_gelu(h.astype(self.dtype).astype(jnp.float32))
-        else:
-            h = quick_gelu(h)
+        h = quick_gelu(h)
         h = drop(self, h, dropout_rate, train)
         out_init = zeros if self.zero_init_out else xavier_uniform()
         return Dense((width,), ("mlp", "embed"), self.dtype,
