@@ -97,8 +97,7 @@ def train_stream(exp: Experiment, source, start: tuple[int, int]) -> Iterator[di
 def jit_train_step(exp: Experiment) -> Callable:
     """``(state, global batch) -> (state, metrics)``, the state donated; call (and lower)
     it inside ``sharding.activate(exp.mesh, exp.rules)``."""
-    return jax.jit(functools.partial(train_step, model=exp.model, tx=exp.tx,
-                                     param_shardings=exp.state_shardings.params),
+    return jax.jit(functools.partial(train_step, model=exp.model, tx=exp.tx),
                    in_shardings=(exp.state_shardings, sharding.batch_sharding(exp.mesh)),
                    out_shardings=(exp.state_shardings, sharding.replicated(exp.mesh)),
                    donate_argnums=0)

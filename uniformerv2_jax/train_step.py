@@ -58,10 +58,8 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, model: UniFormerV2,
-               tx: optax.GradientTransformation,
-               param_shardings: Any = None) -> tuple[TrainState, dict]:
-    """One optimisation step on ``batch`` (``video``, ``label``, optional ``targets``);
-    under a mesh ``param_shardings`` (the parameters' shardings) places the gradients."""
+               tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
+    """One optimisation step on ``batch`` (``video``, ``label``, optional ``targets``)."""
     rng, dropout_rng = jax.random.split(state.rng)
     targets = batch.get("targets", batch["label"])
 
@@ -72,10 +70,6 @@ def train_step(state: TrainState, batch: dict, model: UniFormerV2,
         return cross_entropy(logits, targets), (logits, updates.get("batch_stats", {}))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    if param_shardings is not None:
-        # Each gradient sharded as its parameter: under FSDP the partial sums over the
-        # batch become one reduce-scatter, not an all-reduce of the whole gradient.
-        grads = jax.lax.with_sharding_constraint(grads, param_shardings)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
