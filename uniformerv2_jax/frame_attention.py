@@ -55,7 +55,7 @@ def block_width(width: int, head_dim: int) -> int:
     return head_dim if head_dim % LANES == 0 else width
 
 
-FRAMES = 8  # frames of one grid step: a whole (8, 128) tile of the token-major layout
+FRAMES = 8  # frames of one grid step: whole (8, 128) tiles of the token-major layout
 
 
 def _step_bytes(tokens: int, frames: int, lanes: int, itemsize: int) -> int:
@@ -72,19 +72,11 @@ def layout_problem(tokens: int, lanes: int = LANES, itemsize: int = 2) -> str | 
     return None
 
 
-def frames_per_step(frames: int, tokens: int, lanes: int, itemsize: int) -> int:
-    """:data:`FRAMES` where they divide ``frames``, else all of them (a block as large as
-    the array needs no whole tiles); ValueError where that exceeds the VMEM budget."""
-    step = FRAMES if frames % FRAMES == 0 else frames
-    if _step_bytes(tokens, step, lanes, itemsize) > VMEM_BUDGET:
-        raise ValueError(f"frame_attention: a block of {step} frames of {tokens} tokens x "
-                         f"{lanes} lanes exceeds the kernel's {VMEM_BUDGET}-byte VMEM budget")
-    return step
-
-
-def _head_masks(head_dim: int, width: int) -> list[Array]:
-    lane = lax.broadcasted_iota(jnp.int32, (1, width), 1)
-    return [lax.div(lane, head_dim) == h for h in range(width // head_dim)]
+def _head_masks(head_dim: int, shape: tuple[int, int]) -> list[Array]:
+    """One (L, lanes) mask per head of a block: its lanes. Built at full shape (Mosaic has
+    no sublane broadcast for some layouts)."""
+    lane = lax.broadcasted_iota(jnp.int32, shape, 1)
+    return [lax.div(lane, head_dim) == h for h in range(shape[1] // head_dim)]
 
 
 def _dot(a: Array, b: Array, contract: tuple[int, int]) -> Array:
@@ -103,7 +95,7 @@ def _softmax(logits: Array) -> Array:
 
 
 def _forward_kernel(q_ref, k_ref, v_ref, o_ref, *, head_dim: int, lanes: int):
-    masks = _head_masks(head_dim, lanes)
+    masks = _head_masks(head_dim, (q_ref.shape[0], lanes))
     for f in range(q_ref.shape[1]):
         cols = (slice(None), f, slice(None))
         q, k, v = q_ref[cols], k_ref[cols], v_ref[cols]
@@ -116,7 +108,7 @@ def _forward_kernel(q_ref, k_ref, v_ref, o_ref, *, head_dim: int, lanes: int):
 
 def _backward_kernel(q_ref, k_ref, v_ref, do_ref, dq_ref, dk_ref, dv_ref, *, head_dim: int,
                      lanes: int):
-    masks = _head_masks(head_dim, lanes)
+    masks = _head_masks(head_dim, (q_ref.shape[0], lanes))
     for f in range(q_ref.shape[1]):
         cols = (slice(None), f, slice(None))
         q, k, v, do = q_ref[cols], k_ref[cols], v_ref[cols], do_ref[cols]
@@ -137,35 +129,40 @@ def _backward_kernel(q_ref, k_ref, v_ref, do_ref, dq_ref, dk_ref, dv_ref, *, hea
 
 def _call(kernel, inputs: list[Array], outputs: int, head_dim: int, matmuls: int) -> list[Array]:
     """Runs ``kernel`` on (B, L, W) arrays, seen as (L, B, W), over (frame, head) blocks;
-    ``matmuls`` (L, L, D) products per head and frame for the cost estimate."""
+    ``matmuls`` (L, L, D) products per head and frame for the cost estimate. B is padded
+    with zero frames to a multiple of :data:`FRAMES` (Mosaic reads one frame of a block
+    only where the block spans whole tile rows)."""
     frames, tokens, width = inputs[0].shape
     dtype = inputs[0].dtype
     lanes = block_width(width, head_dim)
-    step = frames_per_step(frames, tokens, lanes, dtype.itemsize)
-    spec = pl.BlockSpec((tokens, step, lanes), lambda i, j: (0, i, j))
+    if problem := layout_problem(tokens, lanes, dtype.itemsize):
+        raise ValueError(f"frame_attention: {problem}")
+    padded = -(-frames // FRAMES) * FRAMES
+    spec = pl.BlockSpec((tokens, FRAMES, lanes), lambda i, j: (0, i, j))
     heads = width // head_dim
     # The attention's own FLOPs, as XLA counts its matmul form (the zeroed lanes of the
     # other heads are not work; on a 128-wide MXU they take no extra passes).
     cost = pl.CostEstimate(
-        flops=2 * matmuls * frames * heads * tokens * tokens * head_dim,
-        transcendentals=frames * heads * tokens * tokens,
-        bytes_accessed=(len(inputs) + outputs) * frames * tokens * width * dtype.itemsize)
+        flops=2 * matmuls * padded * heads * tokens * tokens * head_dim,
+        transcendentals=padded * heads * tokens * tokens,
+        bytes_accessed=(len(inputs) + outputs) * padded * tokens * width * dtype.itemsize)
 
     def run(interpret: bool, *arrays: Array) -> list[Array]:
         return pl.pallas_call(
             functools.partial(kernel, head_dim=head_dim, lanes=lanes),
-            out_shape=[jax.ShapeDtypeStruct((tokens, frames, width), dtype)] * outputs,
-            grid=(frames // step, width // lanes), in_specs=[spec] * len(inputs),
+            out_shape=[jax.ShapeDtypeStruct((tokens, padded, width), dtype)] * outputs,
+            grid=(padded // FRAMES, width // lanes), in_specs=[spec] * len(inputs),
             out_specs=[spec] * outputs,
             compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "parallel"),
                                                  vmem_limit_bytes=VMEM_LIMIT),
             cost_estimate=cost, interpret=interpret)(*arrays)
 
-    token_major = [x.transpose(1, 0, 2) for x in inputs]
+    token_major = [jnp.pad(x, ((0, padded - frames), (0, 0), (0, 0))).transpose(1, 0, 2)
+                   for x in inputs]
     # Mosaic on TPU; elsewhere (tests, CPU runs) Pallas' interpreter runs the same kernel.
     results = lax.platform_dependent(*token_major, tpu=functools.partial(run, False),
                                      default=functools.partial(run, True))
-    return [y.transpose(1, 0, 2) for y in results]
+    return [y.transpose(1, 0, 2)[:frames] for y in results]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
