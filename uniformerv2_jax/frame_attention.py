@@ -45,6 +45,7 @@ LANES = 128  # the lane width of a TPU vector register and of its MXU
 VMEM_BUDGET = 24 * 2**20
 VMEM_LIMIT = 32 * 2**20
 _ARRAYS = 7  # arrays of the backward kernel: q, k, v, d_out in; dq, dk, dv out
+FRAMES = 8  # frames of one grid step: whole (8, 128) tiles of the token-major layout
 
 
 def block_width(width: int, head_dim: int) -> int:
@@ -53,9 +54,6 @@ def block_width(width: int, head_dim: int) -> int:
     if LANES % head_dim == 0 and width % LANES == 0:
         return LANES
     return head_dim if head_dim % LANES == 0 else width
-
-
-FRAMES = 8  # frames of one grid step: whole (8, 128) tiles of the token-major layout
 
 
 def _step_bytes(tokens: int, frames: int, lanes: int, itemsize: int) -> int:
